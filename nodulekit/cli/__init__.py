@@ -1,0 +1,69 @@
+"""The ``nodulekit`` command: thin Typer commands over the library (one module each).
+
+Errors the user can fix (:class:`nodulekit.errors.NodulekitError`) are printed here, in one
+place, as one line without a traceback.
+"""
+from __future__ import annotations
+
+import sys
+
+import typer
+
+from nodulekit import __version__
+from nodulekit.cli import ingest, phantom, status
+from nodulekit.cli.common import err_console
+from nodulekit.errors import NodulekitError
+
+app = typer.Typer(
+    name="nodulekit",
+    help=(
+        "Lung-nodule segmentation and classification on LIDC-IDRI, as a resumable pipeline:\n\n"
+        "ingest -> consensus-label -> crop -> augment -> train -> evaluate -> infer\n\n"
+        "Example: nodulekit phantom --out demo-data && "
+        "nodulekit ingest lidc --root demo-data && nodulekit status"
+    ),
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.add_typer(ingest.app, name="ingest")
+app.command("phantom")(phantom.phantom)
+app.command("status")(status.status)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        typer.echo(f"nodulekit {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_version_callback, is_eager=True,
+                                 help="Print the version and exit."),
+) -> None:
+    """nodulekit command line."""
+
+
+def main() -> None:
+    """Console-script entry point: run the app, turning user errors into one line."""
+    try:
+        app(standalone_mode=False)
+    except NodulekitError as error:
+        err_console.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
+        sys.exit(error.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[yellow]interrupted[/]: finished items are kept; rerun the same command to resume")
+        sys.exit(130)
+    except typer.Exit as exit_:
+        sys.exit(exit_.exit_code)
+    except typer.Abort:
+        err_console.print("aborted")
+        sys.exit(1)
+    except Exception as error:  # click usage errors
+        import click
+
+        if isinstance(error, click.ClickException):
+            error.show()
+            sys.exit(error.exit_code)
+        raise
