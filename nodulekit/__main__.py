@@ -1,0 +1,4 @@
+"""``python -m nodulekit`` = the ``nodulekit`` command."""
+from nodulekit.cli import main
+
+main()
