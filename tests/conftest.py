@@ -1,0 +1,35 @@
+"""Shared fixtures: a tiny LIDC phantom, built once per test session."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+#: Small enough for CI: 3 real LIDC scans, 128x128 window around the nodules, a 24-slice slab.
+TINY_PHANTOM = dict(n_scans=3, seed=0, matrix=128, max_slices=24)
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Root folder of a LIDC-shaped download (DICOM + XML) written by the phantom."""
+    from nodulekit.phantom import write_phantom
+
+    root = tmp_path_factory.mktemp("phantom") / "LIDC"
+    write_phantom(root, **TINY_PHANTOM)
+    return root
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip GPU-marked tests where CUDA is not available."""
+    try:
+        import torch
+
+        has_cuda = torch.cuda.is_available()
+    except ImportError:
+        has_cuda = False
+    if has_cuda:
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
