@@ -25,7 +25,8 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
-from nodulekit.io.dicom_series import discover_series, load_series
+from nodulekit.io.dicom_discovery import discover_series
+from nodulekit.io.dicom_series import load_series
 from nodulekit.phantom import write_phantom
 from nodulekit.stages.ingest import IngestParams, ingest_lidc
 

