@@ -1,0 +1,1 @@
+"""Labels: reads -> masks, nodules, consensus, cohorts, folds."""
