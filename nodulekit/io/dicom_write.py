@@ -59,6 +59,15 @@ def _stored_slice(hu_yx: np.ndarray, slope: float, intercept: float, pixel_dtype
     return stored.astype(pixel_dtype)
 
 
+def decimal_string(value: float) -> str:
+    """The most precise DICOM DS text (at most 16 characters) for ``value``."""
+    for digits in range(15, 0, -1):
+        text = f"{float(value):.{digits}g}"
+        if len(text) <= 16:
+            return text
+    raise ValueError(f"{value} does not fit a DICOM decimal string")
+
+
 def _write_atomic(ds: object, path: Path) -> None:
     """Write ``ds`` to a hidden temporary file in the target folder, then rename it."""
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -164,15 +173,15 @@ def write_ct_series(
         ds.StudyID = "1"
         ds.SeriesNumber = 1
         ds.InstanceNumber = int(numbers[k])
-        ds.ImagePositionPatient = [f"{ox:.6g}", f"{oy:.6g}", f"{zs[k]:.6f}".rstrip("0").rstrip(".")]
+        ds.ImagePositionPatient = [decimal_string(ox), decimal_string(oy), decimal_string(zs[k])]
         ds.ImageOrientationPatient = [f"{v:g}" for v in AXIAL_ORIENTATION]
         ds.FrameOfReferenceUID = frame_uid
-        ds.SliceLocation = f"{zs[k]:.6f}".rstrip("0").rstrip(".")
+        ds.SliceLocation = decimal_string(zs[k])
         ds.SamplesPerPixel = 1
         ds.PhotometricInterpretation = "MONOCHROME2"
         ds.Rows = n_y
         ds.Columns = n_x
-        ds.PixelSpacing = [f"{sy:.6g}", f"{sx:.6g}"]
+        ds.PixelSpacing = [decimal_string(sy), decimal_string(sx)]
         ds.BitsAllocated = 16
         ds.BitsStored = 16
         ds.HighBit = 15

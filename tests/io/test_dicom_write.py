@@ -78,3 +78,14 @@ def test_simpleitk_reads_it(tmp_path: Path) -> None:
     np.testing.assert_array_equal(sitk.GetArrayFromImage(image), hu)
     np.testing.assert_allclose(image.GetSpacing(), (0.8, 0.7, 1.25))
     np.testing.assert_allclose(image.GetOrigin(), (-170.0, -160.0, -300.0))
+
+
+def test_decimal_string_keeps_precision_within_16_characters():
+    from nodulekit.io.dicom_write import decimal_string
+
+    assert decimal_string(32.34375) == "32.34375"
+    assert decimal_string(-1487.5) == "-1487.5"
+    assert float(decimal_string(0.1 + 0.2)) == pytest.approx(0.3, abs=1e-14)
+    long_value = -123456.78901234567
+    assert len(decimal_string(long_value)) <= 16
+    assert float(decimal_string(long_value)) == pytest.approx(long_value, abs=1e-8)

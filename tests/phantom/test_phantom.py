@@ -151,8 +151,8 @@ def test_window_keeps_real_pixels_and_world_positions(built):
                     assert (c.z_mm, (c.points_xy_px + shift).astype(np.int32).tobytes()) in db_contours
         _, _, dss = _series(scan.folder)
         ps = record.pixel_spacing_mm
-        assert float(dss[0].ImagePositionPatient[0]) == pytest.approx((frame["x0"] - 256) * ps, abs=1e-3)
-        assert float(dss[0].ImagePositionPatient[1]) == pytest.approx((frame["y0"] - 256) * ps, abs=1e-3)
+        assert float(dss[0].ImagePositionPatient[0]) == pytest.approx((frame["x0"] - 256) * ps, abs=1e-9)
+        assert float(dss[0].ImagePositionPatient[1]) == pytest.approx((frame["y0"] - 256) * ps, abs=1e-9)
         assert int(dss[0].Rows) == int(dss[0].Columns) == 128
         slab = record.z_positions_mm[frame["k0"]:frame["k0"] + 24]
         np.testing.assert_array_equal([float(d.ImagePositionPatient[2]) for d in dss], slab)
