@@ -10,7 +10,7 @@ import sys
 import typer
 
 from nodulekit import __version__
-from nodulekit.cli import ingest, phantom, status
+from nodulekit.cli import consensus, ingest, phantom, status
 from nodulekit.cli.common import err_console
 from nodulekit.errors import NodulekitError
 
@@ -27,6 +27,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(ingest.app, name="ingest")
+app.command("consensus-label")(consensus.consensus_label)
 app.command("phantom")(phantom.phantom)
 app.command("status")(status.status)
 
