@@ -18,13 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from nodulekit.errors import InputFileError
+from nodulekit.io.dicom_header import FileHeader, read_file_header
 from nodulekit.io.lidc_xml import CT_ROOT, Skip, read_xml_header
 
-#: Header attributes discovery reads (no pixel data).
-_DISCOVERY_TAGS = [
-    "PatientID", "StudyInstanceUID", "SeriesInstanceUID", "Modality", "ImageType",
-    "ImageOrientationPatient", "SOPInstanceUID",
-]
 #: Normal z component below which a series is not axial enough to ingest (about 25 degrees).
 _MIN_AXIAL_COS = 0.9
 #: Series with at most this many slices and a non-axial orientation are taken as localizers.
@@ -38,7 +34,10 @@ class SeriesFiles:
 
     ``files``: the DICOM files (sorted by path; their order means nothing). ``xml_files``: LIDC
     CT read files whose ``SeriesInstanceUid`` is this series (sorted). ``mixed_with``: UIDs of
-    other series whose files share a folder with this one.
+    other series whose files share a folder with this one. ``headers``: the header discovery
+    read from each file (path -> :class:`~nodulekit.io.dicom_header.FileHeader`, about 0.5 kB
+    each when pickled); ``load_series`` uses one only while its file's size and mtime are
+    unchanged, and reads files missing from it.
     """
 
     series_uid: str
@@ -47,6 +46,7 @@ class SeriesFiles:
     files: list[Path]
     xml_files: list[Path] = field(default_factory=list)
     mixed_with: list[str] = field(default_factory=list)
+    headers: dict[Path, FileHeader] | None = field(default=None, repr=False)
 
 
 @dataclass
@@ -57,46 +57,24 @@ class Discovery:
     skipped: list[Skip]
 
 
-@dataclass
-class _Header:
-    path: Path
-    patient_id: str
-    study_uid: str
-    series_uid: str
-    modality: str
-    image_type: tuple[str, ...]
-    orientation: tuple[float, ...] | None
-
-
 def slice_normal(orientation: tuple[float, ...] | list[float]) -> np.ndarray:
     """Slice normal = row cosine x column cosine (ImageOrientationPatient, LIDC-FACTS 2.2)."""
     o = np.asarray(orientation, dtype=np.float64)
     return np.cross(o[:3], o[3:6])
 
 
-def _read_header(path: Path) -> _Header | Skip:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
+def _read_header(path: Path) -> FileHeader | Skip:
     try:
-        ds = pydicom.dcmread(path, stop_before_pixels=True, specific_tags=_DISCOVERY_TAGS)
-    except InvalidDicomError:
-        return Skip(str(path), "not a DICOM file (no DICM preamble)")
+        header = read_file_header(path)
     except Exception as exc:  # noqa: BLE001 - any header failure is a skip with its reason
+        from pydicom.errors import InvalidDicomError  # (pydicom is imported only when needed)
+
+        if isinstance(exc, InvalidDicomError):
+            return Skip(str(path), "not a DICOM file (no DICM preamble)")
         return Skip(str(path), f"unreadable DICOM header: {type(exc).__name__}: {exc}")
-    series_uid = str(ds.get("SeriesInstanceUID", "") or "")
-    if not series_uid:
+    if not header.series_uid:
         return Skip(str(path), "DICOM file without SeriesInstanceUID")
-    try:
-        orientation = tuple(float(v) for v in ds.ImageOrientationPatient)
-        if len(orientation) != 6:
-            orientation = None
-    except (AttributeError, TypeError, ValueError):
-        orientation = None
-    image_type = ds.get("ImageType", [])
-    image_type = (image_type,) if isinstance(image_type, str) else tuple(str(v) for v in image_type)
-    return _Header(path, str(ds.get("PatientID", "") or ""), str(ds.get("StudyInstanceUID", "") or ""),
-                   series_uid, str(ds.get("Modality", "") or ""), image_type, orientation)
+    return header
 
 
 def _wanted(patient_id: str, patients: list[str] | None) -> bool:
@@ -126,7 +104,7 @@ def _walk(root: Path, patients: list[str] | None) -> tuple[list[Path], list[Path
     return dicoms, xmls
 
 
-def _series_skip_reason(headers: list[_Header]) -> str | None:
+def _series_skip_reason(headers: list[FileHeader]) -> str | None:
     """Why a group of files of one series is not an ingestible CT scan, or None."""
     modalities = Counter(h.modality for h in headers)
     modality = modalities.most_common(1)[0][0]
@@ -159,7 +137,7 @@ def discover_series(root: Path, patients: list[str] | None = None) -> Discovery:
         raise InputFileError(root, "not a folder")
     dicom_paths, xml_paths = _walk(root, patients)
     skipped: list[Skip] = []
-    groups: dict[str, list[_Header]] = defaultdict(list)
+    groups: dict[str, list[FileHeader]] = defaultdict(list)
     folder_series: dict[Path, set[str]] = defaultdict(set)
     for path in dicom_paths:
         header = _read_header(path)
@@ -190,6 +168,7 @@ def discover_series(root: Path, patients: list[str] | None = None) -> Discovery:
             patient_id=Counter(h.patient_id for h in headers).most_common(1)[0][0],
             files=sorted(h.path for h in headers),
             mixed_with=others,
+            headers={h.path: h for h in headers},
         ))
     series.sort(key=lambda s: (s.patient_id, s.series_uid))
 

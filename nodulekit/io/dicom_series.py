@@ -10,15 +10,15 @@ them (LIDC-FACTS 6).
 """
 from __future__ import annotations
 
-import sys
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
 
 from nodulekit.errors import InputFileError
 from nodulekit.io.dicom_discovery import SeriesFiles, slice_normal
+from nodulekit.io.dicom_header import SliceHeader, file_stamp, read_file_header
 
 ProblemCode = str  # one of PROBLEM_CODES
 PROBLEM_CODES = (
@@ -79,153 +79,38 @@ class SeriesVolume:
 # loading one series
 # --------------------------------------------------------------------------------------------
 
-_NATIVE_LE = ("1.2.840.10008.1.2", "1.2.840.10008.1.2.1")  # implicit / explicit VR little endian
-_PIXEL_DATA_TAG = (0x7FE0, 0x0010)
+def _native_pixel_location(s: SliceHeader) -> tuple[int | None, int | None]:
+    """(offset, length) of the slice's native 16-bit PixelData bytes, or (None, None) to decode
+    them with pydicom's ``pixel_array`` (see :func:`nodulekit.io.dicom_header.read_file_header`)."""
+    return s.pixel_offset, s.pixel_length
 
 
-@dataclass
-class _Slice:
-    """Header values of one slice; pixels are read later straight into the volume."""
-
-    path: Path
-    shape: tuple[int, int]
-    slope: float
-    intercept: float
-    ipp: tuple[float, float, float]
-    orientation: tuple[float, ...]
-    spacing_rc: tuple[float, float]
-    instance_number: int
-    sop_uid: str
-    series_uid: str
-    study_uid: str
-    patient_id: str
-    thickness: float | None
-    signed: bool
-    bits_stored: int
-    pixel_offset: int | None   # byte offset of native 16-bit PixelData, None: use pixel_array
-    pixel_length: int | None
-    position: float = 0.0      # IPP . normal, mm
-
-
-class _HeaderValues:
-    """Typed access to the few header attributes a slice needs.
-
-    For little-endian files the raw element bytes are decoded here (strings, US integers):
-    about 5x cheaper than pydicom's value conversion, which dominated ingest time. Other
-    encodings go through pydicom's normal conversion.
-    """
-
-    _US = {0x00280010, 0x00280011, 0x00280002, 0x00280100, 0x00280101, 0x00280103}
-
-    def __init__(self, ds: object, syntax: str) -> None:
-        self.ds = ds
-        self.fast = syntax in _NATIVE_LE
-
-    def get(self, tag: int) -> object | None:
-        """The value as str, int (US) or list[str] (multi-valued strings); None when absent/empty."""
-        from pydicom.dataelem import RawDataElement
-
-        el = self.ds.get_item(tag)  # type: ignore[attr-defined]
-        if el is None:
-            return None
-        if self.fast and isinstance(el, RawDataElement):
-            raw = el.value
-            if not raw:
-                return None
-            if tag in self._US:
-                return int.from_bytes(raw[:2], "little")
-            text = raw.decode("latin-1").strip(" \x00")
-            return text.split("\\") if "\\" in text else (text or None)
-        value = self.ds[tag].value  # type: ignore[index]
-        if value is None or value == "":
-            return None
-        if isinstance(value, (list, tuple)) or type(value).__name__ == "MultiValue":
-            return [str(v) for v in value]
-        return value if isinstance(value, int) and tag in self._US else str(value)
-
-    def floats(self, tag: int, n: int, name: str) -> tuple[float, ...]:
-        value = self.get(tag)
-        if value is None:
-            raise ValueError(f"no {name}")
-        values = tuple(float(v) for v in (value if isinstance(value, list) else [value]))
-        if len(values) != n:
-            raise ValueError(f"{name} has {len(values)} values, expected {n}")
-        return values
-
-    def number(self, tag: int, default: float | None) -> float | None:
-        value = self.get(tag)
-        return float(value) if value is not None else default  # type: ignore[arg-type]
+def _slice_headers(series: SeriesFiles, problems: list[Problem]) -> list[SliceHeader]:
+    """The slice header of each file of ``series``: the one discovery read while the file is
+    unchanged (same size and mtime), else read now. Unreadable files and files of another
+    series become problems."""
+    slices: list[SliceHeader] = []
+    cached = series.headers or {}
+    for path in series.files:
+        path = Path(path)
+        header = cached.get(path)
+        try:
+            if header is None or header.stamp != file_stamp(path):
+                header = read_file_header(path)
+        except Exception as exc:  # noqa: BLE001 - any failure names the file
+            problems.append(Problem("unreadable_file", f"{path}: {type(exc).__name__}: {exc}"))
+            continue
+        if header.slice is None:
+            problems.append(Problem("unreadable_file", f"{path}: {header.slice_error}"))
+        elif header.slice.series_uid != series.series_uid:
+            problems.append(Problem("mixed_series", f"{path}: belongs to series {header.slice.series_uid}; "
+                                    "dropped"))
+        else:
+            slices.append(replace(header.slice))  # a copy: load_series sets .position
+    return slices
 
 
-def _native_pixel_location(fh: object, values: _HeaderValues, syntax: str) -> tuple[int | None, int | None]:
-    """(offset, length) of the PixelData value when the fast path applies, else (None, None).
-
-    Applies to uncompressed little-endian 16-bit single-frame data (all of LIDC) on a
-    little-endian machine; ``fh`` is positioned where ``dcmread(stop_before_pixels=True)``
-    stopped, at the PixelData element header.
-    """
-    import struct
-
-    if (sys.byteorder != "little" or syntax not in _NATIVE_LE or values.get(0x00280100) != 16
-            or (values.get(0x00280002) or 1) != 1 or int(values.number(0x00280008, 1) or 1) != 1):
-        return None, None
-    start = fh.tell()  # type: ignore[attr-defined]
-    head = fh.read(12)  # type: ignore[attr-defined]
-    if len(head) < 8 or struct.unpack("<HH", head[:4]) != _PIXEL_DATA_TAG:
-        return None, None
-    if syntax == "1.2.840.10008.1.2.1":
-        if len(head) < 12 or head[4:6] not in (b"OW", b"OB"):
-            return None, None
-        length, offset = struct.unpack("<I", head[8:12])[0], start + 12
-    else:
-        length, offset = struct.unpack("<I", head[4:8])[0], start + 8
-    if length == 0xFFFFFFFF:  # encapsulated: not native
-        return None, None
-    return offset, length
-
-
-def _read_slice_header(path: Path) -> _Slice | Problem:
-    """Read one file's header (not its pixels); a failure is an ``unreadable_file`` Problem."""
-    import pydicom
-
-    try:
-        with open(path, "rb") as fh:
-            ds = pydicom.dcmread(fh, stop_before_pixels=True)
-            meta = getattr(ds, "file_meta", None)
-            syntax = str(meta.get("TransferSyntaxUID", "")) if meta is not None else ""
-            v = _HeaderValues(ds, syntax)
-            offset, length = _native_pixel_location(fh, v, syntax)
-        rows, cols = v.get(0x00280010), v.get(0x00280011)
-        if not isinstance(rows, int) or not isinstance(cols, int):
-            raise ValueError("no Rows/Columns")
-        sop_uid, series_uid = v.get(0x00080018), v.get(0x0020000E)
-        if sop_uid is None or series_uid is None:
-            raise ValueError("no SOPInstanceUID or SeriesInstanceUID")
-        number = v.number(0x00200013, None)
-        return _Slice(
-            path=path,
-            shape=(rows, cols),
-            slope=v.number(0x00281053, 1.0) or 1.0,
-            intercept=v.number(0x00281052, 0.0) or 0.0,
-            ipp=v.floats(0x00200032, 3, "ImagePositionPatient"),  # type: ignore[arg-type]
-            orientation=v.floats(0x00200037, 6, "ImageOrientationPatient"),
-            spacing_rc=v.floats(0x00280030, 2, "PixelSpacing"),  # type: ignore[arg-type]
-            instance_number=int(number) if number is not None else 2**31 - 1,
-            sop_uid=str(sop_uid),
-            series_uid=str(series_uid),
-            study_uid=str(v.get(0x0020000D) or ""),
-            patient_id=str(v.get(0x00100020) or ""),
-            thickness=v.number(0x00180050, None),
-            signed=v.get(0x00280103) == 1,
-            bits_stored=int(v.get(0x00280101) or 16),  # type: ignore[arg-type]
-            pixel_offset=offset,
-            pixel_length=length,
-        )
-    except Exception as exc:  # noqa: BLE001 - any failure names the file
-        return Problem("unreadable_file", f"{path}: {type(exc).__name__}: {exc}")
-
-
-def _read_pixels(s: _Slice, slot: np.ndarray, tmp_i32: np.ndarray) -> None:
+def _read_pixels(s: SliceHeader, slot: np.ndarray, tmp_i32: np.ndarray) -> None:
     """Read slice ``s`` into ``slot`` (int16 (rows, cols), C-contiguous) as HU.
 
     Fast path: the native PixelData bytes are read straight into ``slot`` and rescaled in
@@ -234,11 +119,12 @@ def _read_pixels(s: _Slice, slot: np.ndarray, tmp_i32: np.ndarray) -> None:
     corrected as pydicom and PS3.5 8.1.1 do (sign-extended if signed, masked if unsigned).
     HU = stored * slope + intercept, per slice (LIDC-FACTS 2.2), rounded, clipped to int16.
     """
-    if s.pixel_offset is not None:
+    offset, length = _native_pixel_location(s)
+    if offset is not None:
         with open(s.path, "rb") as fh:
-            fh.seek(s.pixel_offset)
+            fh.seek(offset)
             n_read = fh.readinto(slot.reshape(-1).view(np.uint8))
-        available = min(n_read, s.pixel_length if s.pixel_length is not None else n_read)
+        available = min(n_read, length if length is not None else n_read)
         if available < slot.nbytes:
             raise ValueError(f"pixel data has {available} of {slot.nbytes} bytes")
         raw = slot if s.signed else slot.view(np.uint16)
@@ -254,9 +140,15 @@ def _read_pixels(s: _Slice, slot: np.ndarray, tmp_i32: np.ndarray) -> None:
             raise ValueError(f"pixel array has shape {raw.shape}, expected {slot.shape}")
     lo, hi = np.iinfo(np.int16).min, np.iinfo(np.int16).max
     if s.slope == 1.0 and s.intercept.is_integer():
-        if raw is slot and s.intercept == 0:
+        intercept = int(s.intercept)
+        if raw is slot and intercept == 0:
             return
-        np.add(raw, np.int32(s.intercept), out=tmp_i32, casting="unsafe")
+        if offset is not None and lo <= int(raw.min()) + intercept and int(raw.max()) + intercept <= hi:
+            # no clipping needed: add in 16 bits, in place; modulo 2**16 the sum is exact, and as
+            # it fits int16, the int16 view of the slot holds the right HU
+            np.add(slot.view(np.uint16), np.uint16(intercept % 65536), out=slot.view(np.uint16))
+            return
+        np.add(raw, np.int32(intercept), out=tmp_i32, casting="unsafe")
         np.clip(tmp_i32, lo, hi, out=tmp_i32)
         np.copyto(slot, tmp_i32, casting="unsafe")
     else:
@@ -268,11 +160,11 @@ def _read_pixels(s: _Slice, slot: np.ndarray, tmp_i32: np.ndarray) -> None:
         np.copyto(slot, hu, casting="unsafe")
 
 
-def _geometry_key(s: _Slice) -> tuple:
+def _geometry_key(s: SliceHeader) -> tuple:
     return (s.shape, tuple(round(v, 4) for v in s.orientation), tuple(round(v, 4) for v in s.spacing_rc))
 
 
-def _keep_consistent(slices: list[_Slice], problems: list[Problem]) -> list[_Slice]:
+def _keep_consistent(slices: list[SliceHeader], problems: list[Problem]) -> list[SliceHeader]:
     """Drop slices whose Rows/Columns, orientation or PixelSpacing differ from the majority."""
     counts = Counter(_geometry_key(s) for s in slices)
     if len(counts) == 1:
@@ -287,7 +179,7 @@ def _keep_consistent(slices: list[_Slice], problems: list[Problem]) -> list[_Sli
     return [s for s in slices if _geometry_key(s) == majority]
 
 
-def _duplicates_to_drop(slices: list[_Slice], tol_mm: float, problems: list[Problem]) -> set[int]:
+def _duplicates_to_drop(slices: list[SliceHeader], tol_mm: float, problems: list[Problem]) -> set[int]:
     """Indices (into sorted ``slices``) of duplicate positions to drop (LIDC-FACTS 2.3).
 
     Per position the slice with the lower InstanceNumber is kept, as pylidc does.
@@ -350,24 +242,17 @@ def load_series(series: SeriesFiles) -> SeriesVolume:
     kept), gaps and uneven steps, and an orientation other than axial ``[1,0,0,0,1,0]``.
     Raises :class:`InputFileError` naming the folder when no slice can be read.
 
-    Speed: headers are parsed once without pixels, then each slice's pixel bytes are read
-    straight into the preallocated int16 volume and rescaled in place (one slice-sized int32
-    temporary), so no full-volume float or copy is made on clean series.
+    Speed: the headers discovery read (``series.headers``) are reused while each file's size
+    and mtime are unchanged (others are read here, once, without pixels); then each slice's
+    pixel bytes are read straight into the preallocated int16 volume and rescaled in place (in
+    16 bits when no value needs clipping, else via one slice-sized int32 temporary), so no
+    full-volume float or copy is made on clean series.
     """
     problems: list[Problem] = []
     if series.mixed_with:
         problems.append(Problem("mixed_series", "folder also holds files of series "
                                 + ", ".join(series.mixed_with)))
-    slices: list[_Slice] = []
-    for path in series.files:
-        item = _read_slice_header(Path(path))
-        if isinstance(item, Problem):
-            problems.append(item)
-        elif item.series_uid != series.series_uid:
-            problems.append(Problem("mixed_series", f"{path}: belongs to series {item.series_uid}; "
-                                    "dropped"))
-        else:
-            slices.append(item)
+    slices = _slice_headers(series, problems)
     if not slices:
         raise _no_slice_error(series, "no readable CT slice")
     slices = _keep_consistent(slices, problems)
