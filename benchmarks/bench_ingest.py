@@ -39,6 +39,8 @@ from nodulekit.stages.ingest import IngestParams, ingest_lidc
 LIDC_SCANS = 1018
 WORKSTATION_CORES = 16
 GOAL_RATIO = 1.2
+LIDC_DOWNLOAD_GB = 125
+ASSUMED_DISK_MB_S = 500
 
 
 def sitk_read_seconds(files: list[Path]) -> float:
@@ -109,6 +111,9 @@ def main() -> int:
     print(f"extrapolation (not measured): {LIDC_SCANS} scans x {single:.2f} s/scan / {WORKSTATION_CORES} "
           f"workers = {hours * 60:.1f} min on a {WORKSTATION_CORES}-core workstation "
           f"(scans here average {n_slices / n_scans:.0f} slices; LIDC's median is about 204)")
+    disk_minutes = LIDC_DOWNLOAD_GB * 1000 / ASSUMED_DISK_MB_S / 60
+    print(f"these timings read files from the page cache; a cold read of the ~{LIDC_DOWNLOAD_GB} GB download "
+          f"at {ASSUMED_DISK_MB_S} MB/s (an assumed SSD speed) takes {disk_minutes:.0f} min, the likely bound")
     result = {"n_scans": n_scans, "n_slices": n_slices,
               "seconds_per_scan": {name: seconds / n_scans for name, seconds, _ in rows},
               "phase_seconds_per_scan": {name: seconds / n_scans for name, seconds in phases.items()},
