@@ -11,12 +11,12 @@ edits each dataset before it is written.
 """
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
+
+from nodulekit.atomic import atomic_path
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 AXIAL_ORIENTATION = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
@@ -69,18 +69,9 @@ def decimal_string(value: float) -> str:
 
 
 def _write_atomic(ds: object, path: Path) -> None:
-    """Write ``ds`` to a hidden temporary file in the target folder, then rename it."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            ds.save_as(fh, enforce_file_format=True)  # type: ignore[attr-defined]
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    """Write ``ds`` under a hidden temporary name in the target folder, then rename it."""
+    with atomic_path(path, durable=False) as tmp_path:
+        ds.save_as(tmp_path, enforce_file_format=True)  # type: ignore[attr-defined]
 
 
 def write_ct_series(

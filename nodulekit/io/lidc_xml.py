@@ -23,9 +23,8 @@ Merging several files of one series and matching contours to slices live in
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import os
-import tempfile
 import xml.etree.ElementTree as ET
 from collections import Counter
 from dataclasses import dataclass
@@ -33,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
+from nodulekit.atomic import atomic_path
 from nodulekit.errors import InputFileError
 from nodulekit.io.read_matching import session_hash
 from nodulekit.io.reads import CHARACTERISTIC_RANGES, CHARACTERISTICS, Contour, NoduleRead, SeriesReads
@@ -227,18 +227,8 @@ def write_lidc_xml(
     ET.indent(root, space="  ")
     data = ET.tostring(root, encoding="UTF-8", xml_declaration=True)
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data + b"\n")
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_path(path) as tmp_path:
+        tmp_path.write_bytes(data + b"\n")
 
 
 # --------------------------------------------------------------------------------------------
@@ -369,18 +359,27 @@ def _parse_non_nodule(ctx: _Context, session_where: str, reader_id: int, el: ET.
     return NoduleRead(reader_id=reader_id, nodule_id=nodule_id, kind="non_nodule", contours=[contour])
 
 
-def _load_root(path: Path) -> ET.Element:
+@contextlib.contextmanager
+def xml_errors(path: Path):
+    """Turn parser and file errors into one-line :class:`InputFileError` naming ``path``."""
     from defusedxml import DefusedXmlException
-    from defusedxml.ElementTree import ParseError, parse
+    from defusedxml.ElementTree import ParseError
 
     try:
-        return parse(str(path)).getroot()
+        yield
     except ParseError as exc:
         raise InputFileError(path, f"not valid XML: {exc}") from None
     except DefusedXmlException as exc:
         raise InputFileError(path, f"refused unsafe XML: {exc}") from None
     except OSError as exc:
         raise InputFileError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def _load_root(path: Path) -> ET.Element:
+    from defusedxml.ElementTree import parse
+
+    with xml_errors(path):
+        return parse(str(path)).getroot()
 
 
 def _not_ct_reason(root_tag: str) -> str:
@@ -440,15 +439,14 @@ def read_xml_header(path: Path) -> XmlHeader:
     (``IdriReadMessage``) give their ``CTSeriesInstanceUid`` as ``series_uid``. Raises
     :class:`InputFileError` when the file is not XML up to the end of the header.
     """
-    from defusedxml import DefusedXmlException
-    from defusedxml.ElementTree import ParseError, iterparse
+    from defusedxml.ElementTree import iterparse
 
     path = Path(path)
     root_tag = ""
     uids: dict[str, str] = {}
     wanted = {"seriesinstanceuid": "series", "studyinstanceuid": "study",
               "ctseriesinstanceuid": "series"}
-    try:
+    with xml_errors(path):
         for event, el in iterparse(str(path), events=("start", "end")):
             name = _local(el.tag)
             if event == "start":
@@ -460,12 +458,6 @@ def read_xml_header(path: Path) -> XmlHeader:
                 uids.setdefault(key, el.text.strip())
             if name == "ResponseHeader" or name in ("readingSession", "CXRreadingSession"):
                 break
-    except ParseError as exc:
-        raise InputFileError(path, f"not valid XML: {exc}") from None
-    except DefusedXmlException as exc:
-        raise InputFileError(path, f"refused unsafe XML: {exc}") from None
-    except OSError as exc:
-        raise InputFileError(path, f"cannot read: {exc.strerror or exc}") from None
     if not root_tag:
         raise InputFileError(path, "not valid XML: empty document")
     return XmlHeader(str(path), root_tag, uids.get("series"), uids.get("study"))

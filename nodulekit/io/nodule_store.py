@@ -27,7 +27,7 @@ import h5py
 import numpy as np
 
 from nodulekit.errors import InputFileError
-from nodulekit.pipeline.atomic import atomic_path
+from nodulekit.atomic import atomic_path
 
 NODULE_SCHEMA = 1
 _STR = h5py.string_dtype()

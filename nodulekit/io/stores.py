@@ -49,7 +49,7 @@ import numpy as np
 
 from nodulekit.errors import InputFileError
 from nodulekit.io.reads import CHARACTERISTICS, Contour, NoduleRead, SeriesReads
-from nodulekit.pipeline.atomic import atomic_path
+from nodulekit.atomic import atomic_path
 
 VOLUME_SCHEMA = 1
 ANNOTATION_SCHEMA = 1

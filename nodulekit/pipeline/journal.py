@@ -1,6 +1,6 @@
 """Item-level progress of a stage: an append-only JSON-lines file, fsynced per item.
 
-The caller writes an item's data durably first (see :mod:`nodulekit.pipeline.atomic`) and
+The caller writes an item's data durably first (see :mod:`nodulekit.atomic`) and
 only then records the item here, so a recorded item always has its data. A torn last line
 (power loss mid-write) is ignored on reading. Lines carry the stage fingerprint: lines from
 another fingerprint do not count.

@@ -29,7 +29,7 @@ from typing import Any
 
 from nodulekit import __version__
 from nodulekit.errors import NodulekitError
-from nodulekit.pipeline.atomic import atomic_write_json, remove_partials
+from nodulekit.atomic import atomic_write_json, remove_partials
 from nodulekit.pipeline.journal import ItemJournal
 from nodulekit.pipeline.lock import StageLock
 from nodulekit.pipeline.spec import StageSpec, canonical_json

@@ -12,7 +12,7 @@ import pytest
 
 from nodulekit.errors import NodulekitError, StageLockedError
 from nodulekit.pipeline import StageRun, StageSpec, atomic_write_json, pipeline_status, stage_status
-from nodulekit.pipeline.atomic import atomic_path
+from nodulekit.atomic import atomic_path
 
 
 def run_toy_stage(workdir: Path, name: str, params: dict, items: list[str], *, upstream=(),

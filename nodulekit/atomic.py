@@ -2,8 +2,10 @@
 
 Write to a temporary name in the same folder, flush and fsync, then ``os.replace`` onto the
 final name and fsync the folder, so a crash leaves either the old file or the new one.
-Temporary names end in ``.partial`` and are removed by :func:`remove_partials` when a stage
-starts again.
+Temporary names are hidden (``.NAME.PID.partial``), so folder scans such as DICOM discovery skip
+them, and :func:`remove_partials` deletes leftovers when a stage starts again.
+
+This module sits below every other one (the stage cache and the I/O libraries both use it).
 """
 from __future__ import annotations
 
@@ -36,19 +38,23 @@ def fsync_file(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(final_path: Path) -> Iterator[Path]:
-    """Yield a temporary path to write; on success it replaces ``final_path`` durably.
+def atomic_path(final_path: Path, *, durable: bool = True) -> Iterator[Path]:
+    """Yield a temporary path to write; on success it replaces ``final_path``.
 
-    On an exception the temporary file is removed and ``final_path`` is left untouched.
+    ``durable``: fsync the file and its folder so the rename survives a power loss (stage
+    outputs). Bulk writers whose completion is marked elsewhere (the phantom's DICOM files)
+    pass False. On an exception the temporary file is removed and ``final_path`` is untouched.
     """
     final_path = Path(final_path)
     final_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp_path = final_path.with_name(f"{final_path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
+    tmp_path = final_path.with_name(f".{final_path.name}.{os.getpid()}{PARTIAL_SUFFIX}")
     try:
         yield tmp_path
-        fsync_file(tmp_path)
+        if durable:
+            fsync_file(tmp_path)
         os.replace(tmp_path, final_path)
-        fsync_dir(final_path.parent)
+        if durable:
+            fsync_dir(final_path.parent)
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
