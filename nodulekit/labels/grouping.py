@@ -29,8 +29,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-from scipy.sparse import csr_matrix
-from scipy.sparse.csgraph import connected_components
 from scipy.spatial import cKDTree
 
 from nodulekit.io.reads import NoduleRead
@@ -41,30 +39,67 @@ MAX_READS = 4
 
 def _points_mm(read: NoduleRead, pixel_spacing_mm: float) -> np.ndarray:
     """(N, 3) contour points as (z, y, x) mm (x, y relative to pixel (0, 0))."""
-    parts = [np.column_stack([np.full(len(c.points_xy_px), c.z_mm),
-                              c.points_xy_px[:, 1] * pixel_spacing_mm,
-                              c.points_xy_px[:, 0] * pixel_spacing_mm]) for c in read.contours]
-    return np.concatenate(parts)
+    xy = np.concatenate([c.points_xy_px for c in read.contours])
+    z = np.repeat([c.z_mm for c in read.contours], [len(c.points_xy_px) for c in read.contours])
+    return np.column_stack([z, xy[:, 1] * pixel_spacing_mm, xy[:, 0] * pixel_spacing_mm])
 
 
 def min_distance_matrix_mm(reads: Sequence[NoduleRead], pixel_spacing_mm: float,
                            cutoff_mm: float) -> np.ndarray:
-    """(n, n) smallest contour-point distance in mm, np.inf where it exceeds ``cutoff_mm``."""
+    """(n, n) smallest contour-point distance in mm, np.inf where it exceeds ``cutoff_mm``.
+
+    Pairs whose bounding boxes are farther apart than the cutoff are skipped (vectorised); for
+    each read, the points of all its remaining partners are queried against one KD-tree of its
+    own points in a single call.
+    """
     pts = [_points_mm(r, pixel_spacing_mm) for r in reads]
-    lo = np.array([p.min(axis=0) for p in pts])
-    hi = np.array([p.max(axis=0) for p in pts])
-    trees = [cKDTree(p) for p in pts]
     n = len(reads)
     dist = np.full((n, n), np.inf)
     np.fill_diagonal(dist, 0.0)
-    for a in range(n):
-        for b in range(a + 1, n):
-            gap = np.maximum(0.0, np.maximum(lo[a] - hi[b], lo[b] - hi[a]))
-            if np.linalg.norm(gap) > cutoff_mm:
-                continue
-            d, _ = trees[a].query(pts[b], k=1, distance_upper_bound=cutoff_mm * (1 + 1e-9) + 1e-9)
-            dist[a, b] = dist[b, a] = float(d.min())
+    if n < 2:
+        return dist
+    lo = np.array([p.min(axis=0) for p in pts])
+    hi = np.array([p.max(axis=0) for p in pts])
+    gap = np.maximum(0.0, np.maximum(lo[:, None, :] - hi[None, :, :], lo[None, :, :] - hi[:, None, :]))
+    near = np.triu(np.linalg.norm(gap, axis=2) <= cutoff_mm, 1)
+    bound = cutoff_mm * (1 + 1e-9) + 1e-9
+    for a in np.flatnonzero(near.any(axis=1)).tolist():
+        bs = np.flatnonzero(near[a])
+        query = np.concatenate([pts[b] for b in bs])
+        owner = np.repeat(bs, [len(pts[b]) for b in bs])
+        # only points inside a's box grown by the bound can be within the bound of a's points
+        inside = ((query >= lo[a] - bound) & (query <= hi[a] + bound)).all(axis=1)
+        if not inside.any():
+            continue
+        d, _ = cKDTree(pts[a]).query(query[inside], k=1, distance_upper_bound=bound)
+        mins = np.full(n, np.inf)
+        np.minimum.at(mins, owner[inside], d)
+        dist[a, bs] = mins[bs]
+        dist[bs, a] = mins[bs]
     return dist
+
+
+def _components(adjacent: np.ndarray) -> list[int]:
+    """Connected-component label of each node of a small symmetric bool adjacency matrix.
+
+    Labels are numbered in order of each component's first node (a plain depth-first search:
+    scans hold a few dozen reads, where scipy's sparse machinery costs more than the search).
+    """
+    neighbours = [np.flatnonzero(row).tolist() for row in adjacent]
+    labels = [-1] * len(neighbours)
+    count = 0
+    for start in range(len(neighbours)):
+        if labels[start] >= 0:
+            continue
+        labels[start] = count
+        stack = [start]
+        while stack:
+            for k in neighbours[stack.pop()]:
+                if labels[k] < 0:
+                    labels[k] = count
+                    stack.append(k)
+        count += 1
+    return labels
 
 
 def cluster_reads(reads: Sequence[NoduleRead], pixel_spacing_mm: float, tol_mm: float,
@@ -81,7 +116,7 @@ def cluster_reads(reads: Sequence[NoduleRead], pixel_spacing_mm: float, tol_mm: 
     dist = min_distance_matrix_mm(reads, pixel_spacing_mm, tol_mm)
     tol = tol_mm
     while True:
-        _, labels = connected_components(csr_matrix(dist <= tol), directed=False)
+        labels = _components(dist <= tol)
         sizes = np.bincount(labels)
         if sizes.max() <= max_size or tol * factor < min_tol_mm:
             break
@@ -152,7 +187,7 @@ def group_reads(reads: Sequence[NoduleRead], pixel_spacing_mm: float, tol_mm: fl
     if not reads:
         return Grouping([], tol_mm, known)
     dist = min_distance_matrix_mm(reads, pixel_spacing_mm, tol_mm)
-    _, labels = connected_components(csr_matrix(dist <= tol_mm), directed=False)
+    labels = _components(dist <= tol_mm)
     components: dict[int, list[int]] = {}
     for i, label in enumerate(labels):
         components.setdefault(int(label), []).append(i)

