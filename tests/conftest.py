@@ -19,6 +19,20 @@ def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def pylidc_module():
+    """pylidc itself (the reference implementation in parity tests), its import warnings silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            import pylidc
+        except Exception as exc:  # pragma: no cover
+            pytest.skip(f"pylidc not importable: {exc}")
+    return pylidc
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Skip GPU-marked tests where CUDA is not available."""
     try:

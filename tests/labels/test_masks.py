@@ -1,7 +1,6 @@
 """nodulekit.labels.masks: voxel-for-voxel parity with pylidc's Annotation.boolean_mask."""
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -75,13 +74,8 @@ def _sample_annotation_ids(db) -> list[tuple[int, int]]:
     return chosen + holes[:: max(1, len(holes) // 8)][:8]
 
 
-def test_parity_with_pylidc_boolean_mask(db):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            import pylidc as pl
-        except Exception as exc:  # pragma: no cover
-            pytest.skip(f"pylidc not importable: {exc}")
+def test_parity_with_pylidc_boolean_mask(db, pylidc_module):
+    pl = pylidc_module
     scans, reads = db
     samples = _sample_annotation_ids(db)
     assert len(samples) >= 28

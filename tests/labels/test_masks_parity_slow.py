@@ -8,7 +8,6 @@ contour's own box and in a clipped frame, and (2) 400 random annotations against
 """
 from __future__ import annotations
 
-import warnings
 
 import numpy as np
 import pytest
@@ -88,13 +87,8 @@ def test_batched_fills_match_single(db):
             np.testing.assert_array_equal(got, expect)
 
 
-def test_400_random_annotations_match_pylidc(db):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            import pylidc as pl
-        except Exception as exc:  # pragma: no cover
-            pytest.skip(f"pylidc not importable: {exc}")
+def test_400_random_annotations_match_pylidc(db, pylidc_module):
+    pl = pylidc_module
     scans, reads = db
     pairs = [(sid, i) for sid, s in sorted(scans.items()) for i in range(len(reads[s.series_uid].reads))]
     rng = np.random.default_rng(11)
