@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from nodulekit.atomic import atomic_path, atomic_write_json, atomic_write_text
 from nodulekit.pipeline.run import Provenance, StageRun, read_manifest, stage_dir
-from nodulekit.pipeline.spec import CODE_VERSIONS, STAGE_ORDER, StageSpec, files_digest
+from nodulekit.pipeline.spec import CODE_VERSIONS, STAGE_ORDER, StageSpec, base_stage, files_digest
 from nodulekit.pipeline.status import StageStatus, pipeline_status, stage_status
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "StageRun",
     "StageSpec",
     "StageStatus",
+    "base_stage",
     "atomic_path",
     "atomic_write_json",
     "atomic_write_text",

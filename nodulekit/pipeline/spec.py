@@ -36,6 +36,15 @@ CODE_VERSIONS: dict[str, int] = {
 FINGERPRINT_CHARS = 20
 
 
+def base_stage(stage_name: str) -> str:
+    """The stage kind of a stage name: ``crop/mtnet`` (crop's instance for mtnet) -> ``crop``.
+
+    Stages that exist once per model (crop, augment, train) are named ``<stage>/<instance>`` and
+    live in ``WORKDIR/<stage>/<instance>/``, so the patches of several models coexist.
+    """
+    return stage_name.split("/", 1)[0]
+
+
 def canonical_json(value: Any) -> str:
     """JSON with sorted keys and no whitespace: equal values give equal text."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=_json_default)

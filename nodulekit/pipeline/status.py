@@ -15,7 +15,7 @@ from nodulekit.pipeline.run import (
     read_manifest,
     stage_dir,
 )
-from nodulekit.pipeline.spec import CODE_VERSIONS, STAGE_ORDER
+from nodulekit.pipeline.spec import CODE_VERSIONS, STAGE_ORDER, base_stage
 
 MISSING, PARTIAL, UP_TO_DATE, STALE = "missing", "partial", "up to date", "stale"
 
@@ -63,7 +63,7 @@ def _lock_is_held(folder: Path) -> bool:
 def _stale_reasons(workdir: Path, manifest: dict[str, Any]) -> list[str]:
     reasons: list[str] = []
     name = manifest["stage"]
-    current_version = CODE_VERSIONS.get(name)
+    current_version = CODE_VERSIONS.get(base_stage(name))
     if current_version is not None and manifest.get("code_version") != current_version:
         reasons.append(f"code version {manifest.get('code_version')} -> {current_version}")
     for upstream_name, recorded in (manifest.get("upstream") or {}).items():
@@ -102,10 +102,19 @@ def stage_status(workdir: Path, stage: str) -> StageStatus:
     return StageStatus(stage, state, reasons, n_done=n_items, n_items=n_items, **common)
 
 
+def _stage_names(workdir: Path, stage: str) -> list[str]:
+    """``stage`` itself, or its instances (``crop/mtnet``, ...) when it runs once per model."""
+    folder = workdir / stage
+    if (folder / MANIFEST_NAME).exists() or not folder.is_dir():
+        return [stage]
+    instances = sorted(f"{stage}/{p.name}" for p in folder.iterdir() if (p / MANIFEST_NAME).exists())
+    return instances or [stage]
+
+
 def pipeline_status(workdir: Path) -> list[StageStatus]:
-    """Status of every known stage, in pipeline order (plus any unknown stage folders)."""
+    """Status of every known stage (and stage instance), in pipeline order, plus unknown stage folders."""
     workdir = Path(workdir)
-    names = list(STAGE_ORDER)
+    names = [name for stage in STAGE_ORDER for name in _stage_names(workdir, stage)]
     if workdir.exists():
         extra = sorted(
             p.name for p in workdir.iterdir() if (p / MANIFEST_NAME).exists() and p.name not in names

@@ -146,3 +146,17 @@ def test_second_run_is_refused_while_first_holds_the_lock(tmp_path: Path):
         holder.wait()
     # kill -9 releases the lock: the next run resumes normally
     assert run_toy_stage(tmp_path, "ingest", {}, ["x"]) == ["x"]
+
+
+def test_per_model_stage_instances_coexist_and_are_listed(tmp_path: Path):
+    run_toy_stage(tmp_path, "ingest", {"a": 1}, ["x"])
+    run_toy_stage(tmp_path, "crop/mtnet", {"size": 64}, ["n1"], upstream=["ingest"])
+    run_toy_stage(tmp_path, "crop/mtcnn", {"size": 64}, ["n1"], upstream=["ingest"])
+    run_toy_stage(tmp_path, "augment/mtnet", {"factor": 9}, ["n1"], upstream=["crop/mtnet"])
+    states = {s.stage: s.state for s in pipeline_status(tmp_path)}
+    assert states["crop/mtnet"] == states["crop/mtcnn"] == states["augment/mtnet"] == "up to date"
+    assert "crop" not in states
+    # changing one instance makes only its own downstream stale
+    run_toy_stage(tmp_path, "crop/mtnet", {"size": 32}, ["n1"], upstream=["ingest"])
+    assert stage_status(tmp_path, "augment/mtnet").state == "stale"
+    assert stage_status(tmp_path, "crop/mtcnn").state == "up to date"

@@ -1,0 +1,243 @@
+"""Schema of the patch stores written by ``crop`` and ``augment`` (this module owns it).
+
+A patch store (``WORKDIR/crop/<preset>/patches.h5``, ``WORKDIR/augment/<preset>/patches.h5``)::
+
+    /images      float32 (N, *patch_shape)   CT after the HU window and normalisation
+    /masks       bool    (N, *patch_shape)   consensus mask (agreement >= clevel after resampling)
+    /agreement   float32 (N, *patch_shape)   fraction of the nodule's reads covering each voxel
+    /table/<column>                          one dataset per column, one row per patch
+    attrs: schema, geometry, patch_shape_json, spacing_zyx_mm_json, hu_window_json, normalize,
+           preset, clevel, columns_json, params_json, nodulekit_* provenance
+
+``patch_shape`` by geometry: ``2d`` (H, W); ``2.5d`` (S, H, W) with S consecutive slices;
+``3d`` (D, H, W); ``views9`` (9, H, W), the nine planes of :mod:`nodulekit.patches.views`.
+Arrays are chunked one patch per chunk with Blosc LZ4, so a random batch reads only its patches.
+
+Table columns every store has (more may follow, e.g. every ``label_*`` and characteristic column
+of ``nodules.csv``, or ``source_index`` / ``augmentation`` in an augmented store):
+
+=================== ======= ==============================================================
+column              dtype   meaning
+=================== ======= ==============================================================
+nodule_key          str     ``<series_uid>/<nodule_id>``
+patient_id          str     LIDC patient (folds are by patient)
+series_uid          str
+nodule_id           int
+fold                int     patient-level fold from consensus-label
+label               int     the cohort's primary label (0 benign, 1 malignant, -1 none)
+kind                str     ``nodule`` (the patch shows the nodule) or ``empty`` (dgnet's
+                            nearby slices without nodule)
+slice_offset        int     slice index relative to the nodule's centroid slice (2D / 2.5D
+                            geometries; 0 for cubes)
+source_spacing_z_mm float   the scan's spacing before resampling (also _y_mm, _x_mm)
+=================== ======= ==============================================================
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import h5py
+import hdf5plugin
+import numpy as np
+
+from nodulekit.atomic import atomic_path
+from nodulekit.errors import InputFileError
+
+PATCH_SCHEMA = 1
+GEOMETRIES = ("2d", "2.5d", "3d", "views9")
+ARRAYS = ("images", "masks", "agreement")
+REQUIRED_COLUMNS = ("nodule_key", "patient_id", "series_uid", "nodule_id", "fold", "label", "kind",
+                    "slice_offset", "source_spacing_z_mm", "source_spacing_y_mm", "source_spacing_x_mm")
+PATCH_COMPRESSION = hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)
+_STR = h5py.string_dtype()
+_DTYPES = {"images": np.float32, "masks": np.bool_, "agreement": np.float32}
+
+
+@dataclass(frozen=True)
+class PatchGeometryInfo:
+    """What a store's patches are: geometry, shape, spacing, HU window, normalisation."""
+
+    geometry: str
+    patch_shape: tuple[int, ...]
+    spacing_zyx_mm: tuple[float, float, float] | None  # None = the scan's own spacing (2D presets)
+    hu_window: tuple[float, float]
+    normalize: str
+    preset: str
+    clevel: float
+
+    def as_attrs(self) -> dict[str, Any]:
+        return {"geometry": self.geometry, "patch_shape_json": json.dumps(list(self.patch_shape)),
+                "spacing_zyx_mm_json": json.dumps(None if self.spacing_zyx_mm is None else list(self.spacing_zyx_mm)),
+                "hu_window_json": json.dumps(list(self.hu_window)), "normalize": self.normalize,
+                "preset": self.preset, "clevel": float(self.clevel)}
+
+    @classmethod
+    def from_attrs(cls, attrs: Mapping[str, Any]) -> "PatchGeometryInfo":
+        spacing = json.loads(attrs["spacing_zyx_mm_json"])
+        return cls(str(attrs["geometry"]), tuple(json.loads(attrs["patch_shape_json"])),
+                   None if spacing is None else tuple(spacing), tuple(json.loads(attrs["hu_window_json"])),
+                   str(attrs["normalize"]), str(attrs["preset"]), float(attrs["clevel"]))
+
+
+@dataclass
+class PatchBatch:
+    """Patches in memory: arrays (N, *patch_shape) and their table rows."""
+
+    images: np.ndarray
+    masks: np.ndarray
+    agreement: np.ndarray
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def write_patch_store(path: Path, info: PatchGeometryInfo, parts: Sequence[PatchBatch | Path],
+                      attrs: Mapping[str, Any] | None = None) -> int:
+    """Write a store atomically from batches in memory or part files (stores of the same geometry).
+
+    Returns the number of patches. Part files are read one at a time, so memory stays one part.
+    """
+    counts = [len(p) if isinstance(p, PatchBatch) else _count(p) for p in parts]
+    n_total = int(sum(counts))
+    rows: list[dict[str, Any]] = []
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as out:
+            out.attrs["schema"] = PATCH_SCHEMA
+            for key, value in {**info.as_attrs(), **(attrs or {})}.items():
+                out.attrs[key] = value
+            datasets = {name: out.create_dataset(name, shape=(n_total, *info.patch_shape), dtype=_DTYPES[name],
+                                                 chunks=(1, *info.patch_shape), **PATCH_COMPRESSION)
+                        for name in ARRAYS}
+            start = 0
+            for part in parts:
+                batch = part if isinstance(part, PatchBatch) else read_patch_store(part)
+                _check_shape(path, batch, info.patch_shape)
+                stop = start + len(batch)
+                for name in ARRAYS:
+                    datasets[name][start:stop] = getattr(batch, name)
+                rows.extend(batch.rows)
+                start = stop
+            _write_table(out, rows)
+    return n_total
+
+
+def _check_shape(path: Path, batch: PatchBatch, patch_shape: tuple[int, ...]) -> None:
+    for name in ARRAYS:
+        shape = tuple(getattr(batch, name).shape[1:])
+        if len(batch) and shape != tuple(patch_shape):
+            raise InputFileError(path, f"{name} patches have shape {shape}, the store's is {tuple(patch_shape)}")
+    if len(batch.rows) != len(batch):
+        raise ValueError(f"{len(batch)} patches but {len(batch.rows)} table rows")
+
+
+def _count(path: Path) -> int:
+    with _open(path) as f:
+        return int(f["images"].shape[0])
+
+
+def _column_array(values: list[Any]) -> tuple[np.ndarray, Any]:
+    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
+        return np.array(values, dtype=bool), None
+    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
+        return np.array(values, dtype=np.int64), None
+    if values and all(v is None or isinstance(v, (int, float, np.number)) for v in values):
+        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64), None
+    return np.array(["" if v is None else str(v) for v in values], dtype=object), _STR
+
+
+def _write_table(out: h5py.File, rows: list[dict[str, Any]]) -> None:
+    columns: dict[str, None] = dict.fromkeys(REQUIRED_COLUMNS)
+    for row in rows:
+        columns.update(dict.fromkeys(row))
+    out.attrs["columns_json"] = json.dumps(list(columns))
+    table = out.create_group("table")
+    for col in columns:
+        data, dtype = _column_array([row.get(col) for row in rows])
+        table.create_dataset(col, data=data, dtype=dtype)
+
+
+def _open(path: Path) -> h5py.File:
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as error:
+        raise InputFileError(path, f"cannot open as HDF5 ({error})") from None
+    if f.attrs.get("schema") != PATCH_SCHEMA or "table" not in f or "images" not in f:
+        f.close()
+        raise InputFileError(path, f"not a nodulekit patch store (schema {PATCH_SCHEMA})")
+    return f
+
+
+class PatchStore:
+    """Read access to a patch store: ``info``, ``table``, ``len()``, ``read(indices)``.
+
+    Keep one open per process (h5py handles do not survive ``fork`` well: open in the worker).
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._file = _open(self.path)
+        self.info = PatchGeometryInfo.from_attrs(self._file.attrs)
+        self.attrs = dict(self._file.attrs)
+        self.table = _read_table(self._file)
+
+    def __len__(self) -> int:
+        return int(self._file["images"].shape[0])
+
+    def read(self, indices: Sequence[int] | np.ndarray | None = None,
+             arrays: Sequence[str] = ARRAYS) -> dict[str, np.ndarray]:
+        """The named arrays of the given patches (all when None), in the order of ``indices``."""
+        if indices is None:
+            return {name: self._file[name][()] for name in arrays}
+        indices = np.asarray(indices, dtype=np.int64)
+        order = np.argsort(indices, kind="stable")
+        sorted_unique, inverse = np.unique(indices[order], return_inverse=True)
+        out: dict[str, np.ndarray] = {}
+        for name in arrays:
+            data = self._file[name][sorted_unique] if len(sorted_unique) else \
+                np.empty((0, *self.info.patch_shape), dtype=_DTYPES[name])
+            restored = np.empty((len(indices), *data.shape[1:]), dtype=data.dtype)
+            restored[order] = data[inverse]
+            out[name] = restored
+        return out
+
+    def rows(self, indices: Sequence[int]) -> list[dict[str, Any]]:
+        return [{col: _python(values[i]) for col, values in self.table.items()} for i in indices]
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> "PatchStore":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _python(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _read_table(f: h5py.File) -> dict[str, np.ndarray]:
+    out: dict[str, np.ndarray] = {}
+    for col in json.loads(f.attrs["columns_json"]):
+        data = f["table"][col][()]
+        if data.dtype == object:
+            data = np.array([v.decode() if isinstance(v, bytes) else v for v in data], dtype=object)
+        out[col] = data
+    return out
+
+
+def open_patch_store(path: Path) -> PatchStore:
+    """Open a patch store for reading (a clear error naming the file when it is not one)."""
+    return PatchStore(path)
+
+
+def read_patch_store(path: Path) -> PatchBatch:
+    """A whole store in memory."""
+    with PatchStore(path) as store:
+        arrays = store.read()
+        return PatchBatch(arrays["images"], arrays["masks"], arrays["agreement"], store.rows(range(len(store))))
