@@ -10,7 +10,7 @@ import sys
 import typer
 
 from nodulekit import __version__
-from nodulekit.cli import consensus, ingest, phantom, status
+from nodulekit.cli import augment, consensus, crop, evaluate, ingest, phantom, status
 from nodulekit.cli.common import err_console
 from nodulekit.errors import NodulekitError
 
@@ -28,8 +28,11 @@ app = typer.Typer(
 )
 app.add_typer(ingest.app, name="ingest")
 app.command("consensus-label")(consensus.consensus_label)
+app.command("crop")(crop.crop)
+app.command("augment")(augment.augment)
 app.command("phantom")(phantom.phantom)
 app.command("status")(status.status)
+app.command("evaluate")(evaluate.evaluate)
 
 
 def _version_callback(value: bool) -> None:
