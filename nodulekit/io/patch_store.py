@@ -47,6 +47,11 @@ from nodulekit.atomic import atomic_path
 from nodulekit.errors import InputFileError
 
 PATCH_SCHEMA = 1
+#: HU written where a patch reaches outside the scan (air), before the window and normalisation.
+FILL_HU = -1024.0
+#: A patch's mask is ``agreement >= clevel - MASK_TOL`` (the tolerance absorbs the float error of
+#: resampling weights) -- the one rule crop, augment and the on-the-fly ops share.
+MASK_TOL = 1e-6
 GEOMETRIES = ("2d", "2.5d", "3d", "views9")
 ARRAYS = ("images", "masks", "agreement")
 REQUIRED_COLUMNS = ("nodule_key", "patient_id", "series_uid", "nodule_id", "fold", "label", "kind",

@@ -62,11 +62,10 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from nodulekit.errors import NodulekitError
+from nodulekit.io.patch_store import FILL_HU, MASK_TOL
 
 OP_ORDER = ("crop", "zoom", "scale", "rotate", "translate", "rot90", "flip", "hflip", "vflip", "noise")
 INTERPOLATING = frozenset({"crop", "zoom", "scale", "rotate"})
-AIR_HU = -1024.0
-MASK_TOL = 1e-6  # masks are agreement >= clevel - MASK_TOL, crop's rule (nodulekit.patches.crop.consensus_mask)
 DIGITS = 6  # sampled floats are rounded before use, so the logged value is exactly the applied one
 
 #: Default settings of each op (a recipe or ``--ops name:p`` can change ``p`` only).
@@ -214,7 +213,7 @@ def _square(shape: Sequence[int]) -> bool:
 def air_value(hu_window: Sequence[float], normalize: str) -> float:
     """-1024 HU (air, crop's fill outside the scan) after the store's window and normalisation."""
     lo, hi = float(hu_window[0]), float(hu_window[1])
-    clipped = min(max(AIR_HU, lo), hi)
+    clipped = min(max(FILL_HU, lo), hi)
     unit = (clipped - lo) / (hi - lo) if hi > lo else 0.0
     return {"01": unit, "pm1": 2.0 * unit - 1.0}.get(normalize, clipped)
 

@@ -33,12 +33,12 @@ import numpy as np
 from nodulekit.io.nodule_store import NoduleRecord
 from nodulekit.io.patch_store import PatchBatch
 from nodulekit.io.reads import CHARACTERISTICS
-from nodulekit.patches.presets import FILL_HU, CropGeometry
+from nodulekit.io.patch_store import FILL_HU, MASK_TOL
+from nodulekit.patches.presets import CropGeometry
 from nodulekit.patches.resample import Grid, VoxelSource, sample
 from nodulekit.patches.views import nine_views
 
 #: Float tolerance of the mask threshold (interpolation weights at grid points are not exact).
-MASK_TOL = 1e-6
 #: Nodule-table columns copied into every patch row, besides ``cohort_*`` and ``label_*``.
 CARRIED_COLUMNS = ("diameter_mm", "volume_mm3", "n_readers", "slice_thickness_mm", "regular_z",
                    "ambiguous_group", *CHARACTERISTICS)

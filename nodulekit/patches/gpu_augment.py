@@ -40,9 +40,10 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from nodulekit.io.patch_store import MASK_TOL
+
 _AXES = ("z", "y", "x")
 MASK_MODES = ("nearest", "threshold")
-MASK_TOL = 1e-6  # mask = agreement >= clevel - MASK_TOL, crop's rule
 
 
 @dataclass(frozen=True)

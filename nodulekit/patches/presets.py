@@ -47,8 +47,6 @@ from nodulekit.io.patch_store import GEOMETRIES
 
 NORMALIZATIONS = ("01", "pm1", "none")
 VIEW_SAMPLINGS = ("isotropic", "corner")
-#: HU written where a patch reaches outside the scan (air); its agreement there is 0.
-FILL_HU = -1024.0
 #: ``--cohort all``: every nodule of the nodule store, primary label -1.
 ALL_NODULES = "all"
 
