@@ -10,7 +10,7 @@ import sys
 import typer
 
 from nodulekit import __version__
-from nodulekit.cli import augment, consensus, crop, evaluate, ingest, phantom, status
+from nodulekit.cli import augment, consensus, crop, evaluate, ingest, models, phantom, status
 from nodulekit.cli.common import err_console
 from nodulekit.errors import NodulekitError
 
@@ -33,6 +33,7 @@ app.command("augment")(augment.augment)
 app.command("phantom")(phantom.phantom)
 app.command("status")(status.status)
 app.command("evaluate")(evaluate.evaluate)
+app.command("models")(models.models)
 
 
 def _version_callback(value: bool) -> None:
