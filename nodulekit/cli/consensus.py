@@ -31,7 +31,8 @@ def consensus_label(
 ) -> None:
     """Group reads into nodules, build consensus masks, cohorts, labels and folds.
 
-    Outputs in WORKDIR/consensus-label/: nodules.h5, nodules.csv, cohorts.md, report.json.
+    Outputs: WORKDIR/labels/nodules.csv and cohorts.md; in WORKDIR/consensus-label/: nodules.h5
+    (masks), report.json, and the same nodules.csv and cohorts.md.
 
     Example: nodulekit consensus-label --cohort mtcnn --folds 10 --seed 1
     """
@@ -51,7 +52,9 @@ def consensus_label(
     if result.up_to_date:
         console.print(f"consensus-label: up to date ({result.stage_dir}); use --force to redo")
     print_summary(result.summary)
-    console.print(f"outputs: {result.stage_dir} (nodules.h5, nodules.csv, cohorts.md, report.json)")
+    console.print("labels: " + ", ".join(str(p) for p in result.published), highlight=False)
+    console.print(f"stage outputs: {result.stage_dir} (nodules.h5, nodules.csv, cohorts.md, report.json)",
+                  highlight=False)
 
 
 def print_summary(summary: dict) -> None:

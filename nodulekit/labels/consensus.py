@@ -26,7 +26,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from nodulekit.io.reads import CHARACTERISTICS, Contour
-from nodulekit.labels.masks import read_bbox_zyx, read_masks
+from nodulekit.labels.masks import nodules_read_masks
 
 AGGREGATES = ("median", "mean", "mode")
 
@@ -49,17 +49,23 @@ def nodule_masks(reads_contours: Sequence[Sequence[Contour]], z_positions_mm: np
                  *, include_contour_points: bool = False,
                  shape_yx: tuple[int, int] = (512, 512)) -> NoduleMasks:
     """Masks of one nodule from its reads' contours (one list of contours per read)."""
+    return nodules_masks([reads_contours], z_positions_mm, clevel, include_contour_points=include_contour_points,
+                         shape_yx=shape_yx)[0]
+
+
+def nodules_masks(nodules: Sequence[Sequence[Sequence[Contour]]], z_positions_mm: np.ndarray, clevel: float,
+                  *, include_contour_points: bool = False,
+                  shape_yx: tuple[int, int] = (512, 512)) -> list[NoduleMasks]:
+    """:func:`nodule_masks` of several nodules of one scan, their polygons filled in one pass."""
     if not 0.0 < clevel <= 1.0:
         raise ValueError(f"clevel must be in (0, 1], got {clevel}")
-    for contours in reads_contours:
-        if not contours:
-            raise ValueError("a read without contours has no bounding box")
-    # the union of the reads' clamped boxes is the clamped box of all their contours
-    frame = read_bbox_zyx([c for contours in reads_contours for c in contours], z_positions_mm, shape_yx)
-    masks = read_masks(reads_contours, z_positions_mm, frame, include_contour_points=include_contour_points,
-                       shape_yx=shape_yx)
-    mean = masks.mean(axis=0, dtype=np.float64)
-    return NoduleMasks(frame, masks, mean.astype(np.float32), mean >= clevel)
+    out = []
+    for frame, masks in nodules_read_masks(nodules, z_positions_mm, include_contour_points=include_contour_points,
+                                           shape_yx=shape_yx):
+        # the reads covering each voxel over the number of reads: np.mean's float64 values exactly
+        mean = masks.sum(axis=0, dtype=np.uint16) / np.float64(len(masks))
+        out.append(NoduleMasks(frame, masks, mean.astype(np.float32), mean >= clevel))
+    return out
 
 
 @dataclass
@@ -101,21 +107,20 @@ def _max_inplane_diameter(cons: np.ndarray, spacing_yx: np.ndarray) -> float:
     """Largest distance between two consensus pixel centres on one slice (mm), 0.0 for single pixels.
 
     The farthest pair of a pixel set is always among each row's leftmost and rightmost pixels
-    (the convex hull's vertices are), so only those 2 x rows candidates per slice are compared,
-    all slices at once.
+    (the convex hull's vertices are). For rows i and j the farthest of those four pairs is
+    ``max(right_i - left_j, right_j - left_i)`` apart in x, so one (rows x rows) matrix per slice
+    is compared, all slices at once.
     """
     nz, ny, nx = cons.shape
     rows = cons.any(axis=2)                                    # (nz, ny)
-    left = cons.argmax(axis=2)
-    right = nx - 1 - cons[:, :, ::-1].argmax(axis=2)
-    y = np.broadcast_to(np.arange(ny, dtype=np.float64)[None, :], (nz, ny)) * spacing_yx[0]
-    cy = np.concatenate([y, y], axis=1)                       # (nz, 2 ny) candidates per slice
-    cx = np.concatenate([left, right], axis=1) * spacing_yx[1]
-    valid = np.concatenate([rows, rows], axis=1)
-    keep = valid.any(axis=0)                                   # drop rows empty on every slice
-    cy, cx, valid = cy[:, keep], cx[:, keep], valid[:, keep]
-    d2 = (cy[:, :, None] - cy[:, None, :]) ** 2 + (cx[:, :, None] - cx[:, None, :]) ** 2
-    d2[~(valid[:, :, None] & valid[:, None, :])] = 0.0
+    keep = rows.any(axis=0)                                    # drop rows empty on every slice
+    sub, rows = cons[:, keep], rows[:, keep]
+    y = np.flatnonzero(keep) * spacing_yx[0]
+    left = sub.argmax(axis=2) * spacing_yx[1]                  # (nz, rows) in mm
+    right = (nx - 1 - sub[:, :, ::-1].argmax(axis=2)) * spacing_yx[1]
+    dx = np.maximum(right[:, :, None] - left[:, None, :], right[:, None, :] - left[:, :, None])
+    d2 = (y[:, None] - y[None, :]) ** 2 + dx ** 2
+    d2[~(rows[:, :, None] & rows[:, None, :])] = 0.0
     return float(np.sqrt(d2.max()))
 
 

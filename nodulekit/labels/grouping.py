@@ -37,41 +37,98 @@ from nodulekit.io.reads import NoduleRead
 MAX_READS = 4
 
 
-def _points_mm(read: NoduleRead, pixel_spacing_mm: float) -> np.ndarray:
-    """(N, 3) contour points as (z, y, x) mm (x, y relative to pixel (0, 0))."""
-    xy = np.concatenate([c.points_xy_px for c in read.contours])
-    z = np.repeat([c.z_mm for c in read.contours], [len(c.points_xy_px) for c in read.contours])
-    return np.column_stack([z, xy[:, 1] * pixel_spacing_mm, xy[:, 0] * pixel_spacing_mm])
+@dataclass
+class _ReadPoints:
+    """Every contour point of a list of reads, flat.
+
+    ``xy_px``: int64 (N, 2) (column, row) pixel indices; ``z_mm``: float64 (N,) the contour's z;
+    ``starts``: int64 (n_reads + 1,), read r owns rows ``starts[r]:starts[r + 1]``.
+    """
+
+    xy_px: np.ndarray
+    z_mm: np.ndarray
+    starts: np.ndarray
+
+    @classmethod
+    def of(cls, reads: Sequence[NoduleRead]) -> "_ReadPoints":
+        if not reads or any(not r.contours for r in reads):
+            raise ValueError("every read needs at least one contour")
+        contours = [c for r in reads for c in r.contours]
+        per_contour = [len(c.points_xy_px) for c in contours]
+        xy = np.concatenate([c.points_xy_px for c in contours]).astype(np.int64)
+        z = np.repeat(np.array([c.z_mm for c in contours], dtype=np.float64), per_contour)
+        first_contour = np.r_[0, np.cumsum([len(r.contours) for r in reads])[:-1]]
+        per_read = np.add.reduceat(np.asarray(per_contour, dtype=np.int64), first_contour)
+        return cls(xy, z, np.r_[0, np.cumsum(per_read)])
+
+    def mm(self, pixel_spacing_mm: float) -> np.ndarray:
+        """(N, 3) points as (z, y, x) mm (x, y relative to pixel (0, 0))."""
+        return np.column_stack([self.z_mm, self.xy_px[:, 1] * pixel_spacing_mm,
+                                self.xy_px[:, 0] * pixel_spacing_mm])
+
+
+def shared_point_pairs(reads: Sequence[NoduleRead]) -> np.ndarray:
+    """(n, n) bool: True where two reads have a contour point in common (same z and pixel).
+
+    Two points are 0 mm apart exactly when their z and pixel indices are equal, so this is the
+    exact test for a zero minimum distance, done by sorting one integer key per point instead of
+    querying a KD-tree (nearly every pair of reads of one nodule shares outline pixels).
+    """
+    if len(reads) < 2:
+        return np.ones((len(reads), len(reads)), dtype=bool)
+    return _shared_point_pairs(_ReadPoints.of(reads))
+
+
+def _shared_point_pairs(points: _ReadPoints) -> np.ndarray:
+    n = len(points.starts) - 1
+    _, z_id = np.unique(points.z_mm, return_inverse=True)
+    xy = points.xy_px - points.xy_px.min(axis=0)
+    span = xy.max(axis=0) + 1
+    owner = np.repeat(np.arange(n), np.diff(points.starts))
+    keyed = np.sort(((z_id * span[1] + xy[:, 1]) * span[0] + xy[:, 0]) * n + owner)
+    key = keyed // n
+    row = np.cumsum(np.r_[True, key[1:] != key[:-1]]) - 1   # one row per distinct point
+    incidence = np.zeros((int(row[-1]) + 1, n), dtype=np.float32)
+    incidence[row, keyed % n] = 1.0
+    return incidence.T @ incidence > 0
 
 
 def min_distance_matrix_mm(reads: Sequence[NoduleRead], pixel_spacing_mm: float,
                            cutoff_mm: float) -> np.ndarray:
     """(n, n) smallest contour-point distance in mm, np.inf where it exceeds ``cutoff_mm``.
 
-    Pairs whose bounding boxes are farther apart than the cutoff are skipped (vectorised); for
-    each read, the points of all its remaining partners are queried against one KD-tree of its
-    own points in a single call.
+    Points are (z, y, x) mm: the contour's ``z_mm`` and row/column times the pixel spacing.
+    Pairs whose bounding boxes are farther apart than the cutoff are skipped (vectorised);
+    pairs sharing a contour point are 0 (:func:`shared_point_pairs`; nearly every pair of reads
+    of one nodule). For the other pairs, the points of each read's remaining partners are
+    queried against one KD-tree of its own points in a single call.
     """
-    pts = [_points_mm(r, pixel_spacing_mm) for r in reads]
     n = len(reads)
     dist = np.full((n, n), np.inf)
     np.fill_diagonal(dist, 0.0)
     if n < 2:
         return dist
-    lo = np.array([p.min(axis=0) for p in pts])
-    hi = np.array([p.max(axis=0) for p in pts])
+    points = _ReadPoints.of(reads)
+    pts, starts = points.mm(pixel_spacing_mm), points.starts
+    lo = np.minimum.reduceat(pts, starts[:-1], axis=0)
+    hi = np.maximum.reduceat(pts, starts[:-1], axis=0)
     gap = np.maximum(0.0, np.maximum(lo[:, None, :] - hi[None, :, :], lo[None, :, :] - hi[:, None, :]))
     near = np.triu(np.linalg.norm(gap, axis=2) <= cutoff_mm, 1)
+    if not near.any():
+        return dist
+    touching = near & _shared_point_pairs(points)
+    dist[touching | touching.T] = 0.0
+    near &= ~touching
     bound = cutoff_mm * (1 + 1e-9) + 1e-9
     for a in np.flatnonzero(near.any(axis=1)).tolist():
         bs = np.flatnonzero(near[a])
-        query = np.concatenate([pts[b] for b in bs])
-        owner = np.repeat(bs, [len(pts[b]) for b in bs])
+        query = np.concatenate([pts[starts[b]:starts[b + 1]] for b in bs])
+        owner = np.repeat(bs, starts[bs + 1] - starts[bs])
         # only points inside a's box grown by the bound can be within the bound of a's points
         inside = ((query >= lo[a] - bound) & (query <= hi[a] + bound)).all(axis=1)
         if not inside.any():
             continue
-        d, _ = cKDTree(pts[a]).query(query[inside], k=1, distance_upper_bound=bound)
+        d, _ = cKDTree(pts[starts[a]:starts[a + 1]]).query(query[inside], k=1, distance_upper_bound=bound)
         mins = np.full(n, np.inf)
         np.minimum.at(mins, owner[inside], d)
         dist[a, bs] = mins[bs]

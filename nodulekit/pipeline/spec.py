@@ -26,7 +26,7 @@ STAGE_ORDER: tuple[str, ...] = (
 #: so existing outputs show as stale and rerun.
 CODE_VERSIONS: dict[str, int] = {
     "ingest": 1,
-    "consensus-label": 1,
+    "consensus-label": 2,  # 2: nodules.csv and cohorts.md also published to WORKDIR/labels/
     "crop": 1,
     "augment": 1,
     "train": 1,

@@ -21,5 +21,8 @@ def test_run_and_bad_option(tmp_path):
                                  "--malignant", "4-5", "--cohort", "custom"])
     assert result.exit_code == 0, result.output
     assert "custom" in result.output and (tmp_path / "consensus-label" / "nodules.csv").exists()
+    for name in ("nodules.csv", "cohorts.md"):
+        assert (tmp_path / "labels" / name).exists() and name in result.output
+    assert str(tmp_path / "labels") in result.output.replace("\n", "")
     bad = runner.invoke(app, ["consensus-label", "--workdir", str(tmp_path), "--clevel", "1.5"])
     assert isinstance(bad.exception, NodulekitError) and "--clevel" in str(bad.exception)

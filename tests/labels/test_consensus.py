@@ -90,3 +90,29 @@ def test_parity_with_pylidc_consensus():
                 assert ours.bbox_zyx[:, 0].tolist() == start
             n_checked += 1
     assert n_checked >= 20
+
+
+def test_diameter_is_the_farthest_pixel_pair_on_one_slice():
+    from scipy.spatial.distance import pdist
+
+    from nodulekit.labels.consensus import _max_inplane_diameter
+
+    rng = np.random.default_rng(5)
+    for trial in range(40):
+        cons = rng.random((rng.integers(1, 4), rng.integers(1, 12), rng.integers(1, 12))) < rng.uniform(0.05, 0.6)
+        if not cons.any():
+            continue
+        spacing_yx = np.array([rng.uniform(0.5, 1.0), rng.uniform(0.5, 1.0)])  # anisotropic
+        expected = max((pdist(np.argwhere(plane) * spacing_yx).max() if plane.sum() > 1 else 0.0)
+                       for plane in cons if plane.any())
+        assert _max_inplane_diameter(cons, spacing_yx) == pytest.approx(expected, rel=1e-12), trial
+
+
+def test_agreement_is_the_mean_of_the_reader_masks():
+    zs = np.array([0.0, 1.0, 2.0])
+    reads = [[_square(z, x, 0, x + 8, 9) for z in (0.0, 1.0)] for x in (0, 2, 3, 5, 6, 9, 11)]
+    for n in (2, 3, 7):
+        m = nodule_masks(reads[:n], zs, 0.5, shape_yx=(32, 32))
+        mean = m.reader_masks.mean(axis=0, dtype=np.float64)
+        np.testing.assert_array_equal(m.agreement, mean.astype(np.float32))
+        np.testing.assert_array_equal(m.consensus, mean >= 0.5)

@@ -7,8 +7,8 @@ import pytest
 
 from nodulekit.io import pylidc_db
 from nodulekit.io.reads import Contour
-from nodulekit.labels.masks import (full_bbox_zyx, paste_mask, read_bbox_zyx, read_mask, slice_index,
-                                    union_bbox_zyx)
+from nodulekit.labels.masks import (full_bbox_zyx, nodules_read_masks, paste_mask, read_bbox_zyx, read_mask,
+                                    read_masks, slice_index, union_bbox_zyx)
 
 
 def _rect(z: float, x0: int, y0: int, x1: int, y1: int, inclusion: bool = True) -> Contour:
@@ -124,3 +124,44 @@ def test_shared_and_full_frames_agree(db):
         if n == 0:
             np.testing.assert_array_equal(read_mask(r.contours, zs, full_bbox_zyx(len(zs))), expect)
     assert expect.any()
+
+
+def _nodules_agree_with_read_masks(nodules, zs, shape_yx=(512, 512)):
+    for include in (False, True):
+        batched = nodules_read_masks(nodules, zs, include_contour_points=include, shape_yx=shape_yx)
+        assert len(batched) == len(nodules)
+        for reads, (frame, masks) in zip(nodules, batched):
+            expected_frame = read_bbox_zyx([c for read in reads for c in read], zs, shape_yx)
+            np.testing.assert_array_equal(frame, expected_frame)
+            expected = read_masks(reads, zs, expected_frame, include_contour_points=include, shape_yx=shape_yx)
+            assert masks.shape == expected.shape and (masks == expected).all()
+
+
+def test_nodules_in_one_pass_equal_one_at_a_time():
+    zs = np.array([0.0, 2.5, 5.0, 7.5])
+    plain = [[_rect(2.5, 10, 10, 20, 20), _rect(5.0, 11, 10, 19, 21)], [_rect(2.5, 12, 8, 22, 18)]]
+    holed = [[_rect(5.0, 14, 14, 28, 27), _rect(5.0, 18, 18, 22, 23, inclusion=False)]]
+    two_on_one_slice = [[_rect(0.0, 2, 2, 9, 9), _rect(0.0, 5, 5, 14, 12), _rect(2.5, 3, 3, 8, 8)],
+                        [_rect(0.0, 3, 3, 10, 10)]]  # one read, two overlapping inclusions on slice 0
+    edge = [[_rect(7.5, -3, 25, 4, 31)], [_rect(7.5, 27, 25, 40, 31)]]  # crosses the image border
+    _nodules_agree_with_read_masks([plain, holed, two_on_one_slice, edge], zs, shape_yx=(32, 32))
+    assert nodules_read_masks([], zs) == []
+    with pytest.raises(ValueError):
+        nodules_read_masks([[[]]], zs)
+
+
+def test_nodules_in_one_pass_on_real_reads(db):
+    from nodulekit.labels.grouping import group_reads
+
+    scans, reads = db
+    checked = {"exclusion": 0, "shared slice": 0}
+    for scan in [s for s in scans.values() if reads[s.series_uid].reads][::40]:
+        rs = reads[scan.series_uid].reads
+        groups = group_reads(rs, scan.pixel_spacing_mm, float(np.median(np.diff(scan.z_positions_mm)))).groups
+        nodules = [[rs[i].contours for i in g] for g in groups]
+        _nodules_agree_with_read_masks(nodules, scan.z_positions_mm)
+        for read in rs:
+            checked["exclusion"] += any(not c.inclusion for c in read.contours)
+            zs = [c.z_mm for c in read.contours if c.inclusion]
+            checked["shared slice"] += len(zs) > len(set(zs))
+    assert min(checked.values()) > 0  # both slower paths were exercised

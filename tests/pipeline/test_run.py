@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from nodulekit.errors import NodulekitError, StageLockedError
-from nodulekit.pipeline import StageRun, StageSpec, atomic_write_json, pipeline_status, stage_status
+from nodulekit.pipeline import (CODE_VERSIONS, StageRun, StageSpec, atomic_write_json, base_stage, pipeline_status,
+                                stage_status)
 from nodulekit.atomic import atomic_path
 
 
@@ -19,7 +20,8 @@ def run_toy_stage(workdir: Path, name: str, params: dict, items: list[str], *, u
                   force=False, fail_after: int | None = None) -> list[str]:
     """A stage writing one file per item; returns the items it actually processed."""
     processed: list[str] = []
-    with StageRun(workdir, StageSpec(name, 1, params, upstream=tuple(upstream)), force=force) as run:
+    version = CODE_VERSIONS.get(base_stage(name), 1)  # toy stages named like real ones use their version
+    with StageRun(workdir, StageSpec(name, version, params, upstream=tuple(upstream)), force=force) as run:
         if run.up_to_date:
             return processed
         run.start(n_items=len(items))
