@@ -11,6 +11,7 @@ import typer
 
 from nodulekit import __version__
 from nodulekit.cli import augment, consensus, crop, evaluate, ingest, models, phantom, status
+from nodulekit.cli import train as train_cli
 from nodulekit.cli.common import err_console
 from nodulekit.errors import NodulekitError
 
@@ -30,6 +31,7 @@ app.add_typer(ingest.app, name="ingest")
 app.command("consensus-label")(consensus.consensus_label)
 app.command("crop")(crop.crop)
 app.command("augment")(augment.augment)
+app.command("train")(train_cli.train)
 app.command("phantom")(phantom.phantom)
 app.command("status")(status.status)
 app.command("evaluate")(evaluate.evaluate)

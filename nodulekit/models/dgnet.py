@@ -420,4 +420,5 @@ def _dgnet_spec() -> ModelSpec:
         loss=dgnet_loss,
         output_shapes=dgnet_output_shapes,
         test_overrides={"width": 0.0625, "std": {"iterations": 3}},
+        targets=dgnet_targets,
     )

@@ -543,4 +543,6 @@ def _mtcnn_spec() -> ModelSpec:
         loss=mtcnn_loss,
         output_shapes=mtcnn_output_shapes,
         test_overrides={"cls_units": [32, 16, 2]},
+        targets=mtcnn_targets,
+        post_training=mtcnn_post_training,
     )

@@ -292,7 +292,7 @@ def build_mtnet(model_config: Mapping[str, Any]) -> MTNet:
 
 def mtnet_phases(config: Mapping[str, Any]) -> tuple[PhaseSpec, ...]:
     """The training order of section 3.2.1 / 3.2.5 (see the module docstring), ablations applied."""
-    epochs = int(config["schedule"]["epochs"])
+    epochs = int(config["train"]["epochs"])
     coarse = PhaseSpec(
         "coarse", ("encoder", "decoder"), {"seg_coarse": 1.0}, epochs,
         "Coarse Seg-net on the segmentation set, Dice + gamma * Rank (eq. 1).",

@@ -103,6 +103,21 @@ class ModelSpec:
     the resolved config (ablation switches change them). ``loss(outputs, targets, config,
     weights)`` returns ``(total, {output: loss})``. ``test_overrides``: model-table overrides
     that make a tiny instance for the registry-wide tests.
+
+    Optional training hooks (read by :mod:`nodulekit.training.from_spec`; docs/training.md):
+
+    - ``targets(batch) -> {task: tensor}``: loss targets of a training batch (a batch dict of
+      :mod:`nodulekit.training.data`) for tasks whose target is not the default one (the
+      ``mask`` for a segmentation task, the input ``image`` for an ``"image"`` task, the task's
+      label column otherwise). dgnet derives ``nodule`` from the mask; mtcnn reconstructs its input.
+    - ``post_training(model, train_batches, config) -> dict``: run once after the last phase,
+      with the best weights restored and before ``model.pt`` is written; ``train_batches`` is an
+      iterable of the un-augmented training batches on the training device. The dict it returns
+      (JSON types) is recorded in run.json as ``post_training``. mtcnn sets its AUC view weights.
+
+    The forward inputs of a batch come from the module: ``model.batch_inputs(batch)`` (keyword
+    arguments of ``forward``) when the model has that method, else ``{"image": batch["image"]}``
+    (cascade's ``gt_masked`` mode adds the ground-truth mask).
     """
 
     name: str
@@ -116,6 +131,8 @@ class ModelSpec:
     loss: Callable[..., Any]
     output_shapes: Callable[[Mapping[str, Any], int, tuple[int, ...]], dict[str, tuple[int, ...]]]
     test_overrides: Mapping[str, Any] = field(default_factory=dict)
+    targets: Callable[[Mapping[str, Any]], dict[str, Any]] | None = None
+    post_training: Callable[[Any, Any, Mapping[str, Any]], dict[str, Any]] | None = None
 
     @property
     def default_config(self) -> Config:

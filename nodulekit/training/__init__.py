@@ -20,7 +20,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "train": "api", "RunResult": "api",
+    "train": "api", "train_folds": "api", "RunResult": "api",
     "Phase": "phase", "Trainer": "engine", "FitResult": "engine",
     "resolve_config": "config", "apply_overrides": "config", "dumps_toml": "config",
     "PatchDataset": "data", "DataParams": "data",

@@ -18,16 +18,24 @@ The engine's own keys (every model inherits them; a model's default config overr
     batch_size        the global batch (over all processes): a number, or a table by data stream
                       (``[batch_size] seg = 16, malignancy = 32``)
     [optimizer]       name = adam | adamw | sgd; lr, weight_decay, betas, momentum, nesterov
-    [scheduler]       name = none (= constant) | step | multistep | cosine; step_epochs,
-                      milestones (epochs), gamma (a number or one per milestone), eta_min
-    [early_stopping]  monitor (a validation metric; "" = the model's choice, else "val_loss"),
-                      mode = min | max, patience (epochs without improvement, 0 = off), min_delta
+    [scheduler]       name = none (= constant) | step | multistep | cosine | plateau; step_epochs,
+                      milestones (epochs), gamma (a number or one per milestone), eta_min;
+                      plateau: monitor (train_<loss> or val_<metric>), mode, factor, patience,
+                      threshold, min_lr
+    [early_stopping]  monitor (a validation metric; "" = "val_loss"), mode = min | max,
+                      patience (epochs without improvement, 0 = off), min_delta
     [phases.<name>]   per-phase overrides of any of the above, e.g. ``phases.coarse.epochs``,
-                      ``phases.fine_cls.optimizer.lr`` (deep-merged over the top-level values)
+                      ``phases.fine_cls.optimizer.lr`` (deep-merged over the top-level values),
+                      and ``keep_best = {group = "val_<metric>"}`` (per parameter group, the
+                      weights of that metric's best epoch; :mod:`nodulekit.training.engine`)
     [data]            patch stores and selection, see :mod:`nodulekit.training.data`
-    [on_the_fly]      on-the-fly augmentation on the device (:mod:`nodulekit.patches.gpu_augment`
-                      settings; empty = off)
+    [augmentation]    mode = offline | on_the_fly | both | none: offline copies (the
+                      ``augment/<preset>`` store) and/or ``[augmentation.on_the_fly]``, the
+                      :mod:`nodulekit.patches.gpu_augment` settings applied on the device
     [checkpoint]      keep_every_epochs (also keep a weights snapshot every N epochs, 0 = off)
+
+Model configs put every key in these tables, plus ``[model]`` (the factory's table) and
+``[loss]`` (the spec's loss); docs/training.md, "Configuration", is the convention.
 """
 from __future__ import annotations
 
@@ -62,7 +70,9 @@ ENGINE_DEFAULTS: Config = {
     "batch_size": 16,
     "optimizer": {"name": "adam", "lr": 1e-4, "weight_decay": 0.0, "betas": [0.9, 0.999], "momentum": 0.9,
                   "nesterov": False},
-    "scheduler": {"name": "none", "step_epochs": 30, "milestones": [], "gamma": 0.1, "eta_min": 0.0},
+    "scheduler": {"name": "none", "step_epochs": 30, "milestones": [], "gamma": 0.1, "eta_min": 0.0,
+                  "monitor": "val_loss", "mode": "min", "factor": 0.1, "patience": 10, "threshold": 1e-4,
+                  "min_lr": 0.0},
     "early_stopping": {"monitor": "", "mode": "min", "patience": 0, "min_delta": 0.0},
     "phases": {},
     "data": {
@@ -75,7 +85,7 @@ ENGINE_DEFAULTS: Config = {
         "memory_budget_mb": 4096,
         "num_workers": -1,
     },
-    "on_the_fly": {},
+    "augmentation": {"mode": "offline", "on_the_fly": {}},
     "checkpoint": {"keep_every_epochs": 0},
 }
 
@@ -83,7 +93,12 @@ ENGINE_DEFAULTS: Config = {
 PHASE_KEYS = ("batch_size", "optimizer", "scheduler", "early_stopping")
 
 #: Tables under which ``--set`` may create keys that the defaults do not have.
-OPEN_TABLES = ("phases", "on_the_fly", "data.labels")
+OPEN_TABLES = ("phases", "augmentation.on_the_fly", "data.labels")
+
+#: Top-level keys of a training config (the convention every model config follows).
+TOP_LEVEL_KEYS = ("model", "loss", "batch_size", "train", "optimizer", "scheduler", "early_stopping", "phases",
+                  "data", "augmentation", "checkpoint", "cohort")
+AUGMENTATION_MODES = ("offline", "on_the_fly", "both", "none")
 
 
 def deep_merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> Config:
@@ -262,3 +277,15 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, Mapping):
         return "{" + ", ".join(f"{_toml_key(k)} = {_toml_value(v)}" for k, v in value.items()) + "}"
     raise NodulekitError(f"cannot write {type(value).__name__} value {value!r} to a TOML config")
+
+
+def check_config(config: Mapping[str, Any]) -> None:
+    """A one-line error when a resolved config leaves the convention: unknown top-level keys
+    (:data:`TOP_LEVEL_KEYS`), an unknown ``augmentation.mode``."""
+    unknown = sorted(set(config) - set(TOP_LEVEL_KEYS))
+    if unknown:
+        raise NodulekitError(f"config: unknown top-level key(s) {unknown}; a training config has "
+                             f"{', '.join(TOP_LEVEL_KEYS)} (docs/training.md)")
+    mode = config.get("augmentation", {}).get("mode", "offline")
+    if mode not in AUGMENTATION_MODES:
+        raise NodulekitError(f"augmentation.mode = {mode!r}: expected one of {', '.join(AUGMENTATION_MODES)}")

@@ -13,7 +13,10 @@ sides and raises when one patient would be in both (folds are by patient, so thi
 whose fold columns disagree).
 
 List the augmented store alone when it also carries the originals (``is_augmented = false``
-rows); otherwise list the crop store and the augmented store together.
+rows, as ``nodulekit augment`` writes it), or the crop store and the augmented store together:
+when a store without augmented rows (a crop store) is listed, the originals of the augmented
+stores are skipped, so no patch is read twice. ``originals_only`` (post-training hooks) drops
+every augmented copy.
 
 Reading: when the selected patches fit in ``data.memory_budget_mb`` they are loaded once;
 otherwise each batch is read from HDF5 (one chunk per patch), the file opened lazily in each
@@ -99,8 +102,10 @@ def augmented_flags(table: Mapping[str, np.ndarray]) -> np.ndarray:
 
 
 def select_rows(table: Mapping[str, np.ndarray], split: str, fold: int | None, *, label_column: str = "label",
-                require_label: bool = False, kinds: Sequence[str] = ()) -> np.ndarray:
-    """Row numbers (int64, ascending) of one store's table selected for ``split`` of ``fold``."""
+                require_label: bool = False, kinds: Sequence[str] = (), originals_only: bool = False,
+                copies_only: bool = False) -> np.ndarray:
+    """Row numbers (int64, ascending) of one store's table selected for ``split`` of ``fold``;
+    ``originals_only`` / ``copies_only`` keep only the un-augmented / augmented rows."""
     if split not in SPLITS:
         raise ValueError(f"split {split!r} is not one of {SPLITS}")
     folds = np.asarray(table["fold"]).astype(np.int64)
@@ -109,6 +114,9 @@ def select_rows(table: Mapping[str, np.ndarray], split: str, fold: int | None, *
         if fold is None:
             raise NodulekitError(f"the {split} split needs a fold")
         keep &= folds != fold if split == "train" else (folds == fold) & ~augmented_flags(table)
+    if originals_only or copies_only:
+        augmented = augmented_flags(table)
+        keep &= (~augmented if originals_only else True) & (augmented if copies_only else True)
     if kinds:
         keep &= np.isin(np.asarray(table["kind"]).astype(str), list(kinds))
     if require_label:
@@ -169,18 +177,24 @@ class PatchDataset(Dataset):
         self._arrays: dict[str, np.ndarray] | None = self._load_all() if self.in_memory else None
 
     @classmethod
-    def from_stores(cls, params: DataParams, split: str, fold: int | None) -> "PatchDataset":
+    def from_stores(cls, params: DataParams, split: str, fold: int | None, *,
+                    originals_only: bool = False) -> "PatchDataset":
         tables, shape, parts = [], None, []
-        for number, path in enumerate(params.stores):
+        for path in params.stores:
             with open_patch_store(path) as store:
                 if shape is not None and store.info.patch_shape != shape:
                     raise NodulekitError(f"{path}: patch shape {store.info.patch_shape} differs from "
                                          f"{params.stores[0]}'s {shape}")
                 shape = store.info.patch_shape
-                rows = select_rows(store.table, split, fold, label_column=params.label_column,
-                                   require_label=params.require_label, kinds=params.kinds)
                 tables.append(store.table)
-                parts.append(np.stack([np.full(len(rows), number), rows], axis=1))
+        augmented = [bool(augmented_flags(t).any()) for t in tables]
+        plain_listed = not all(augmented)
+        for number, table in enumerate(tables):
+            duplicate = plain_listed and augmented[number]  # its originals are the crop store's
+            rows = select_rows(table, split, fold, label_column=params.label_column,
+                               require_label=params.require_label, kinds=params.kinds, originals_only=originals_only,
+                               copies_only=duplicate)
+            parts.append(np.stack([np.full(len(rows), number), rows], axis=1))
         entries = np.concatenate(parts) if parts else np.zeros((0, 2), dtype=np.int64)
         return cls(params.stores, entries, tables, shape or (), label_column=params.label_column,
                    channels=params.channels, memory_budget_mb=params.memory_budget_mb,

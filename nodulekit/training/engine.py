@@ -37,10 +37,18 @@ precision, compile, val_max_batches, load_best_at_end.
 
 Loop per phase: build the optimizer over the trainable parameters and its scheduler; per epoch:
 train (on-the-fly ``train_transform`` on the device, autocast, backward, clip, step), validate
-(rank 0), step the scheduler, update early stopping, save ``best-<phase>.pt`` when the monitored
-metric improves, append the CSV row, save ``last.pt``. The phase ends after ``epochs``, at
-``max_steps`` optimizer steps, or when early stopping triggers; with ``load_best_at_end`` its
-best weights are restored before the next phase starts.
+(rank 0), step the scheduler (``plateau``: with the epoch's value of ``scheduler.monitor``,
+``train_<loss>`` or ``val_<metric>``, the same on every rank), update early stopping, save
+``best-<phase>.pt`` when the monitored metric improves (and ``best-<phase>-<group>.pt`` when a
+``keep_best`` metric of a parameter group improves), append the CSV row, save ``last.pt``. The
+phase ends after ``epochs``, at ``max_steps`` optimizer steps, or when early stopping triggers;
+with ``load_best_at_end`` its best weights are restored before the next phase starts: the
+monitored best, then each ``keep_best`` group's own best (``[phases.fine_cls.keep_best]
+class_net = "val_malignancy_auc"``: MT-Net's Class-net by AUC, the rest by Jaccard).
+
+After the last phase, ``post_training(model) -> dict`` (optional) runs once on the restored best
+weights (rank 0; the weights are then broadcast), before ``model.pt`` is written; its dict is
+``FitResult.post_training`` (mtcnn's AUC view weights, Algorithm 1).
 
 Registered models do not write phases by hand: :mod:`nodulekit.training.from_spec` builds them
 from the model's ``ModelSpec`` (docs/training.md, "What a model must provide").
@@ -72,7 +80,7 @@ from nodulekit.errors import NodulekitError
 from nodulekit.training.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from nodulekit.training.data import EpochBatchSampler, make_loader, to_device
 from nodulekit.training.distributed import DistContext
-from nodulekit.training.optim import EarlyStopping, build_optimizer, build_scheduler
+from nodulekit.training.optim import EarlyStopping, build_optimizer, build_scheduler, is_plateau, plateau_monitor
 from nodulekit.training.phase import (DEFAULT_STREAM, Phase, PhaseSettings, StepModule, autocast, seed_everything,
                                       select_trainable, set_train_mode)
 from nodulekit.training.runs import (CHECKPOINTS_DIR, FINAL_MODEL, LAST_CHECKPOINT, LOG_CSV, TensorBoardLog,
@@ -118,6 +126,7 @@ class FitResult:
     best: dict[str, dict[str, Any]] = field(default_factory=dict)
     model_path: Path | None = None
     last_checkpoint: Path | None = None
+    post_training: dict[str, Any] = field(default_factory=dict)
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -174,6 +183,7 @@ class Trainer:
     ``train_transform(batch) -> batch``: on-the-fly augmentation on the device (phases with
     ``augment=True``); if it has ``state_dict``/``load_state_dict`` its RNG is checkpointed.
     ``on_step_end(StepInfo)`` / ``on_epoch_end(row)``: hooks (progress reporting, tests).
+    ``post_training(model) -> dict``: run once after the last phase (see the module docstring).
     """
 
     def __init__(self, model: nn.Module, phases: Sequence[Phase], train_data: Dataset | Mapping[str, Dataset],
@@ -181,7 +191,8 @@ class Trainer:
                  dist: DistContext | None = None, run_dir: Path | None = None,
                  train_transform: Callable[[Any], Any] | None = None, progress: bool = True,
                  num_workers: int = -1, on_step_end: Callable[[StepInfo], None] | None = None,
-                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None) -> None:
+                 on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+                 post_training: Callable[[nn.Module], Mapping[str, Any]] | None = None) -> None:
         self.dist = dist or DistContext()
         self.model = model.to(self.dist.device)
         self.phases = list(phases)
@@ -195,6 +206,8 @@ class Trainer:
         self.progress = progress and self.dist.is_main
         self.num_workers = num_workers
         self.on_step_end, self.on_epoch_end = on_step_end, on_epoch_end
+        self.post_training = post_training
+        self.post_training_info: dict[str, Any] = {}
         self.position = Position()
         self.log_rows: list[dict[str, Any]] = []
         self.best: dict[str, dict[str, Any]] = {}
@@ -264,6 +277,9 @@ class Trainer:
         params = select_trainable(self.model, phase.trainable)
         optimizer = build_optimizer(params, settings.optimizer)
         scheduler = build_scheduler(optimizer, settings.scheduler, settings.epochs)
+        if is_plateau(scheduler) and plateau_monitor(settings.scheduler)[0] == "val" and self.val_data is None:
+            raise NodulekitError(f"phase {phase.name!r}: scheduler.monitor = {settings.scheduler.get('monitor')!r} "
+                                 "needs validation data (train with a fold), or monitor a training loss")
         early = EarlyStopping.from_config(settings.early_stopping)
         runner = self._runner(phase, settings)
         streams = self._train_streams(index, phase, settings)
@@ -349,8 +365,11 @@ class Trainer:
             stream.start(pos.epoch, pos.batch_in_epoch)
         first = next(iter(streams.values()))
         set_train_mode(self.model, phase.frozen_eval)
+        total = first.n_batches
+        if settings.max_steps > 0:  # the bar (and its ETA) ends where max_steps stops the epoch
+            total = min(total, pos.batch_in_epoch + max(0, settings.max_steps - pos.phase_step))
         with _progress(self.progress, f"{phase.name} epoch {pos.epoch + 1}/{settings.epochs}",
-                       first.n_batches, pos.batch_in_epoch) as advance:
+                       total, pos.batch_in_epoch) as advance:
             started = time.perf_counter()
             while pos.batch_in_epoch < first.n_batches and not self._max_steps_reached(settings):
                 batch = self._next_batch(phase, streams, totals)
@@ -400,16 +419,25 @@ class Trainer:
         metrics = self._validate(phase, settings) if self.dist.is_main else {}
         val_seconds = time.perf_counter() - started
         lr = float(optimizer.param_groups[0]["lr"])
-        if scheduler is not None:
-            scheduler.step()
+        plateau = is_plateau(scheduler)
+        plateau_value = _plateau_value(settings, train, metrics, phase.name) if plateau and (
+            self.dist.is_main or plateau_monitor(settings.scheduler)[0] == "train") else None
         improved = False
+        group_updates: dict[str, float] = {}
         if self.dist.is_main and metrics:
-            if early.monitor not in metrics:
-                raise NodulekitError(f"early_stopping.monitor = {early.monitor!r} is not a validation metric of "
-                                     f"phase {phase.name!r} (it has {', '.join(sorted(metrics))})")
+            for name in (early.monitor, *settings.keep_best.values()):
+                if name not in metrics:
+                    raise NodulekitError(f"{name!r} (early_stopping.monitor or keep_best) is not a validation "
+                                         f"metric of phase {phase.name!r} (it has {', '.join(sorted(metrics))})")
             improved = early.update(metrics[early.monitor], pos.epoch)
-        improved, early_state = self.dist.broadcast((improved, early.state_dict()))
+            group_updates = self._group_improvements(phase.name, settings, metrics)
+        improved, early_state, plateau_value, group_updates = self.dist.broadcast(
+            (improved, early.state_dict(), plateau_value, group_updates))
         early.load_state_dict(early_state)
+        if plateau:
+            scheduler.step(plateau_value)
+        elif scheduler is not None:
+            scheduler.step()
         images = train.pop("_images")
         row: dict[str, Any] = {"phase": phase.name, "epoch": pos.epoch + 1, "step": pos.step,
                                **{f"train_{k}": v for k, v in train.items()}, **metrics, "lr": lr,
@@ -418,6 +446,8 @@ class Trainer:
         self.log_rows.append(row)
         if improved:
             self._save_best(phase, early)
+        for group, value in group_updates.items():
+            self._save_group_best(phase, group, settings.keep_best[group], value)
         if self.dist.is_main:
             if self.run_dir is not None:
                 write_log_csv(self.run_dir / LOG_CSV, self.log_rows)
@@ -515,7 +545,42 @@ class Trainer:
             entry["path"] = path.name
         elif self.dist.is_main:
             entry["state"] = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        if "groups" in self.best.get(phase.name, {}):
+            entry["groups"] = self.best[phase.name]["groups"]
         self.best[phase.name] = entry
+
+    def _group_improvements(self, phase: str, settings: PhaseSettings, metrics: Mapping[str, float]
+                            ) -> dict[str, float]:
+        """``keep_best`` groups whose metric improved this epoch: {group: value} (rank 0)."""
+        import math
+
+        groups = self.best.get(phase, {}).get("groups", {})
+        out = {}
+        for group, metric in settings.keep_best.items():
+            value = float(metrics[metric])
+            best = groups.get(group, {}).get("value")
+            higher = not metric.endswith("loss")
+            if not math.isnan(value) and (best is None or (value > best if higher else value < best)):
+                out[group] = value
+        return out
+
+    def _save_group_best(self, phase: Phase, group: str, metric: str, value: float) -> None:
+        """Keep parameter group ``group``'s weights of this epoch, its ``keep_best`` metric's best."""
+        entry: dict[str, Any] = {"metric": metric, "mode": "min" if metric.endswith("loss") else "max",
+                                 "value": value, "epoch": self.position.epoch + 1, "path": None}
+        if self.dist.is_main:
+            state = self.model.state_dict()
+            weights = {k: state[k].detach().clone() for k in group_state_keys(self.model, group)}
+            if self.checkpoint_dir is not None:
+                path = self.checkpoint_dir / f"best-{phase.name}-{group}.pt"
+                save_checkpoint(path, {"model": weights, "phase": phase.name, "group": group,
+                                       "epoch": entry["epoch"], "step": self.position.step, "metric": metric,
+                                       "value": value, "config": dict(self.config)})
+                entry["path"] = path.name
+            else:
+                entry["state"] = weights
+        phase_entry = self.best.setdefault(phase.name, {"metric": None, "value": None, "epoch": None, "path": None})
+        phase_entry.setdefault("groups", {})[group] = entry
 
     def _keep_snapshot(self, phase: Phase, epoch: int) -> None:
         every = int(self.config.get("checkpoint", {}).get("keep_every_epochs", 0))
@@ -528,14 +593,18 @@ class Trainer:
         best = self.best.get(phase.name)
         if settings.load_best_at_end and best is not None:
             if self.dist.is_main:
-                if best.get("path") is not None and self.checkpoint_dir is not None:
-                    state = load_checkpoint(self.checkpoint_dir / best["path"], map_location=self.dist.device)["model"]
-                else:
-                    state = best["state"]
-                self.model.load_state_dict(state)
+                if best.get("path") is not None or "state" in best:
+                    self.model.load_state_dict(self._best_state(best))
+                for group in best.get("groups", {}).values():  # keep_best: each group's own best epoch
+                    self.model.load_state_dict(self._best_state(group), strict=False)
             self._broadcast_weights()
         self.position = Position(index + 1, 0, 0, 0, self.position.step)
         self._save_last(None, None, None, _Totals())
+
+    def _best_state(self, entry: Mapping[str, Any]) -> dict[str, torch.Tensor]:
+        if entry.get("path") is not None and self.checkpoint_dir is not None:
+            return load_checkpoint(self.checkpoint_dir / entry["path"], map_location=self.dist.device)["model"]
+        return entry["state"]
 
     def _broadcast_weights(self) -> None:
         """Rank 0's parameters and buffers on every rank (no shared file system needed)."""
@@ -546,6 +615,13 @@ class Trainer:
                 torch_dist.broadcast(tensor, src=0)
 
     def _finish(self) -> FitResult:
+        if self.post_training is not None:
+            info: dict[str, Any] = {}
+            if self.dist.is_main:
+                with torch.no_grad():
+                    info = dict(self.post_training(self.model))
+            self.post_training_info = self.dist.broadcast(info)
+            self._broadcast_weights()
         model_path = None
         if self.dist.is_main and self.checkpoint_dir is not None:
             model_path = self.run_dir / FINAL_MODEL  # type: ignore[operator]
@@ -555,11 +631,51 @@ class Trainer:
 
     def _result(self, status: str, model_path: Path | None = None) -> FitResult:
         last = self.checkpoint_dir / LAST_CHECKPOINT if self.checkpoint_dir is not None else None
-        best = {k: {kk: vv for kk, vv in v.items() if kk != "state"} for k, v in self.best.items()}
-        return FitResult(status, self.position.step, self.log_rows, best, model_path, last)
+        best = {k: _without_state(v) for k, v in self.best.items()}
+        return FitResult(status, self.position.step, self.log_rows, best, model_path, last, self.post_training_info)
 
 
 # -- helpers -----------------------------------------------------------------------------------
+def _without_state(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """A best-entry without in-memory weights (``state``), its groups likewise."""
+    out = {k: v for k, v in entry.items() if k not in ("state", "groups")}
+    if "groups" in entry:
+        out["groups"] = {g: {k: v for k, v in e.items() if k != "state"} for g, e in entry["groups"].items()}
+    return out
+
+
+def _plateau_value(settings: PhaseSettings, train: Mapping[str, float], metrics: Mapping[str, float],
+                   phase: str) -> float:
+    """The epoch's value of ``scheduler.monitor``: a mean training loss or a validation metric."""
+    kind, name = plateau_monitor(settings.scheduler)
+    source = train if kind == "train" else metrics
+    if name not in source:
+        shown = ", ".join(sorted(f"train_{k}" for k in train if not k.startswith("_")) + sorted(metrics))
+        raise NodulekitError(f"scheduler.monitor = {settings.scheduler.get('monitor')!r} is not a metric of phase "
+                             f"{phase!r} (it has {shown})")
+    return float(source[name])
+
+
+def group_state_keys(model: nn.Module, group: str) -> list[str]:
+    """State-dict keys of a parameter group: its parameters (``model.parameter_groups()[group]``,
+    else the parameters named ``group`` or ``group.*``) and the buffers of the modules whose own
+    parameters all belong to it (BatchNorm statistics)."""
+    groups = model.parameter_groups() if hasattr(model, "parameter_groups") else {}
+    if group in groups:
+        chosen = {id(p) for p in groups[group]}
+    else:
+        chosen = {id(p) for n, p in model.named_parameters() if n == group or n.startswith(group + ".")}
+    if not chosen:
+        known = ", ".join(sorted(groups)) or "parameter-name prefixes"
+        raise NodulekitError(f"keep_best names parameter group {group!r}, which has no parameter (known: {known})")
+    keys = [name for name, p in model.named_parameters() if id(p) in chosen]
+    for prefix, module in model.named_modules():
+        own = list(module.parameters(recurse=False))
+        if own and all(id(p) in chosen for p in own):
+            keys += [f"{prefix}.{b}" if prefix else b for b, _ in module.named_buffers(recurse=False)]
+    return keys
+
+
 def _batch_size(batch: Any, phase: Phase) -> int:
     first = batch if isinstance(phase.data, str) else batch[phase.streams[0]]
     return int(first["image"].shape[0]) if isinstance(first, Mapping) and "image" in first else 1

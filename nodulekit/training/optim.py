@@ -6,7 +6,11 @@
   ``step``: lr * gamma every ``step_epochs``; ``multistep``: lr times each ``gamma`` passed, at
   the ``milestones`` (epochs; ``gamma`` one number or one per milestone, so paper 002's
   1e-4 -> 1e-5 at half -> 5e-6 at three quarters of 150 epochs is ``milestones = [75, 112]``,
-  ``gamma = [0.1, 0.5]``); ``cosine``: cosine annealing to ``eta_min`` over the phase's epochs.
+  ``gamma = [0.1, 0.5]``); ``cosine``: cosine annealing to ``eta_min`` over the phase's epochs;
+  ``plateau``: ``ReduceLROnPlateau`` (``mode``, ``factor``, ``patience``, ``threshold``,
+  ``min_lr``), stepped by the engine with the epoch's value of ``monitor`` -- ``train_<name>``
+  (the epoch's mean training loss ``<name>``, e.g. ``train_loss``) or a validation metric
+  (``val_loss``, ``val_seg_dice`` ...); see :func:`plateau_monitor`.
 - ``[early_stopping]`` monitor (a validation metric; "" = val_loss), mode (min | max), patience
   (epochs without improvement before stopping; 0 = never stop), min_delta.
 """
@@ -23,7 +27,7 @@ from torch import nn
 from nodulekit.errors import NodulekitError
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("none", "constant", "step", "multistep", "cosine")
+SCHEDULERS = ("none", "constant", "step", "multistep", "cosine", "plateau")
 
 
 def build_optimizer(params: Iterable[nn.Parameter], cfg: Mapping[str, Any]) -> torch.optim.Optimizer:
@@ -71,7 +75,32 @@ def build_scheduler(optimizer: torch.optim.Optimizer, cfg: Mapping[str, Any],
     if name == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, int(epochs)),
                                                           eta_min=float(cfg.get("eta_min", 0.0)))
+    if name == "plateau":
+        plateau_monitor(cfg)
+        mode = str(cfg.get("mode", "min"))
+        if mode not in ("min", "max"):
+            raise NodulekitError(f"scheduler.mode = {mode!r}: expected \"min\" or \"max\"")
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(
+            optimizer, mode=mode, factor=float(cfg.get("factor", 0.1)), patience=int(cfg.get("patience", 10)),
+            threshold=float(cfg.get("threshold", 1e-4)), min_lr=float(cfg.get("min_lr", 0.0)))
     raise NodulekitError(f"scheduler.name = {name!r}: expected one of {', '.join(SCHEDULERS)}")
+
+
+def is_plateau(scheduler: Any) -> bool:
+    """True for a scheduler stepped with a metric value (``ReduceLROnPlateau``)."""
+    return isinstance(scheduler, torch.optim.lr_scheduler.ReduceLROnPlateau)
+
+
+def plateau_monitor(cfg: Mapping[str, Any]) -> tuple[str, str]:
+    """``scheduler.monitor`` split into (``"train"`` | ``"val"``, name): ``train_loss`` ->
+    ("train", "loss") reads the epoch's mean training loss; ``val_x`` reads validation metric ``val_x``."""
+    monitor = str(cfg.get("monitor", "val_loss"))
+    if monitor.startswith("train_") and len(monitor) > 6:
+        return "train", monitor[len("train_"):]
+    if monitor.startswith("val_") and len(monitor) > 4:
+        return "val", monitor
+    raise NodulekitError(f"scheduler.monitor = {monitor!r}: expected train_<loss> (e.g. train_loss) or "
+                         "val_<metric> (e.g. val_loss)")
 
 
 @dataclass

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -64,6 +64,7 @@ class PhaseSettings:
     optimizer: Mapping[str, Any]
     scheduler: Mapping[str, Any]
     early_stopping: Mapping[str, Any]
+    keep_best: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], phase_name: str) -> "PhaseSettings":
@@ -78,7 +79,8 @@ class PhaseSettings:
                    bool(c.get("compile", False)), int(c.get("val_max_batches", 0)),
                    bool(c.get("load_best_at_end", True)), bool(c.get("find_unused_parameters", False)),
                    bool(c.get("drop_last", True)),
-                   dict(c.get("optimizer", {})), dict(c.get("scheduler", {})), dict(c.get("early_stopping", {})))
+                   dict(c.get("optimizer", {})), dict(c.get("scheduler", {})), dict(c.get("early_stopping", {})),
+                   {str(k): str(v) for k, v in dict(c.get("keep_best", {})).items()})
 
     def batch_size_of(self, stream: str) -> int:
         if isinstance(self.batch_size, Mapping):
@@ -163,3 +165,11 @@ def _check_names(phase_name: str, c: Mapping[str, Any]) -> None:
         raise NodulekitError(f"phase {phase_name!r}: scheduler.name = {scheduler!r}; expected one of "
                              f"{', '.join(SCHEDULERS)}")
     EarlyStopping.from_config(c.get("early_stopping", {}))
+    if scheduler == "plateau":
+        from nodulekit.training.optim import plateau_monitor
+
+        plateau_monitor(c.get("scheduler", {}))
+    for group, metric in dict(c.get("keep_best", {})).items():
+        if not str(metric).startswith("val_"):
+            raise NodulekitError(f"phases.{phase_name}.keep_best.{group} = {metric!r}: expected a validation "
+                                 "metric (val_...)")

@@ -112,3 +112,34 @@ def ddp_worker(ctx: Any, store: Path, config: dict[str, Any], run_dir: Path | No
     result = trainer.fit()
     if ctx.is_main:
         torch.save({"model": trainer.model.state_dict(), "rows": result.log_rows, "world": ctx.world_size}, out)
+
+
+# -- stores of a model's geometry (registry-wide smoke tests) -----------------------------------
+def shape_store(path: Path, preset: str, geometry: str, patch_shape: tuple[int, ...], *, n_patients: int = 4,
+                per_patient: int = 2, n_folds: int = 2, empty_every: int = 0, seed: int = 0,
+                label_columns: tuple[str, ...] = ()) -> Path:
+    """A store of synthetic discs (2d, 2.5d, views9: one disc per plane) or spheres (3d) whose
+    radius follows the label (0/1, alternating); ``empty_every``: every k-th patch is an
+    ``empty`` slice without nodule (dgnet). Each column of ``label_columns`` gets the labels too."""
+    rng = np.random.default_rng(seed)
+    n = n_patients * per_patient
+    images = np.empty((n, *patch_shape), dtype=np.float32)
+    agreement = np.zeros((n, *patch_shape), dtype=np.float32)
+    spatial = patch_shape if geometry == "3d" else patch_shape[-2:]
+    grids = np.meshgrid(*[np.arange(s) - (s - 1) / 2 for s in spatial], indexing="ij")
+    dist = np.sqrt(sum(g ** 2 for g in grids))
+    rows = []
+    for i in range(n):
+        p, label = i // per_patient, i % 2
+        empty = bool(empty_every) and i % empty_every == empty_every - 1
+        radius = min(spatial) * (0.15 + 0.1 * label)
+        if not empty:
+            agreement[i] = np.broadcast_to((dist <= radius).astype(np.float32), patch_shape)
+        images[i] = agreement[i] + 0.2 * rng.standard_normal(patch_shape).astype(np.float32)
+        rows.append({"nodule_key": f"s{p}/{i}", "patient_id": f"P{p:03d}", "series_uid": f"s{p}", "nodule_id": i,
+                     "fold": p % n_folds, "label": label, "kind": "empty" if empty else "nodule",
+                     "slice_offset": 0, "source_spacing_z_mm": 1.0, "source_spacing_y_mm": 0.7,
+                     "source_spacing_x_mm": 0.7, **{column: label for column in label_columns}})
+    info = PatchGeometryInfo(geometry, tuple(patch_shape), (1.0, 1.0, 1.0), (-1000.0, 400.0), "01", preset, 0.5)
+    write_patch_store(path, info, [PatchBatch(images, agreement >= 0.5, agreement, rows)])
+    return path

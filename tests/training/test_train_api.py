@@ -82,12 +82,20 @@ def test_clear_errors(workdir: Path, tmp_path: Path):
 def test_build_config_layers(workdir: Path, tmp_path: Path):
     user = tmp_path / "user.toml"
     user.write_text("[optimizer]\nlr = 0.5\n[phases.fine_cls]\nepochs = 3\n")
-    config = build_config(workdir, "mtnet", config_files=[user], config_overrides=["schedule.epochs=7"])
+    config = build_config(workdir, "mtnet", config_files=[user], config_overrides=["train.epochs=7"])
     assert config["optimizer"]["lr"] == 0.5 and config["data"]["stores"] == ["augment/mtnet"]
     assert config["phases"]["coarse"]["epochs"] == 7 and config["phases"]["fine_cls"]["epochs"] == 3
     assert build_config(workdir, "mtnet", epochs=2)["phases"]["fine_cls"]["epochs"] == 2
-    assert build_config(workdir, "mtnet", config_overrides=["early_stopping.monitor=val_loss"])["phases"]["coarse"] \
-        .get("early_stopping", {}).get("monitor") is None
+    assert build_config(workdir, "mtnet", config_overrides=["phases.coarse.early_stopping.monitor=val_loss"]
+                        )["phases"]["coarse"]["early_stopping"] == {"monitor": "val_loss", "mode": "max"}
+    assert build_config(workdir, "mtnet", stores="crop")["data"]["stores"] == ["crop/mtnet"]
+    assert build_config(workdir, "mtnet", stores="both")["data"]["stores"] == ["crop/mtnet", "augment/mtnet"]
+    assert build_config(workdir, "mtnet", config_overrides=["augmentation.mode=on_the_fly"]
+                        )["data"]["stores"] == ["crop/mtnet"]
+    with pytest.raises(NodulekitError, match="augmentation.mode"):
+        build_config(workdir, "mtnet", config_overrides=["augmentation.mode=sometimes"])
+    with pytest.raises(NodulekitError, match="--stores"):
+        build_config(workdir, "mtnet", stores="all")
 
 
 def test_torchrun_environment_is_honoured(workdir: Path, monkeypatch: pytest.MonkeyPatch):

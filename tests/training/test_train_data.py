@@ -53,8 +53,11 @@ def test_crop_plus_augmented_stores(tmp_path: Path):
     crop = make_store(tmp_path / "crop.h5", n_patients=6, per_patient=2, n_folds=3)
     aug = make_store(tmp_path / "aug.h5", n_patients=6, per_patient=2, n_folds=3, augment_copies=1)
     train, val = split_datasets(params(crop, aug), fold=2)
-    assert len(val) == 2 * 4  # the originals of fold 2 in both stores
-    assert len(train) == 8 + 16
+    assert len(val) == 4  # the originals of fold 2, read from the crop store only
+    assert len(train) == 8 + 8  # the crop store's originals + the augmented store's copies
+    assert [train.row(i)[0].name for i in range(len(train))].count("aug.h5") == 8
+    originals = PatchDataset.from_stores(params(crop, aug), "train", 2, originals_only=True)
+    assert len(originals) == 8 and {p.name for p, _ in map(originals.row, range(8))} == {"crop.h5"}
     assert not set(train.patient_ids()) & set(val.patient_ids())
 
 
@@ -94,7 +97,7 @@ def test_in_memory_and_per_batch_reads_give_identical_batches(tmp_path: Path):
         for dataset in (memory, lazy):
             sampler = EpochBatchSampler(len(dataset), 5, shuffle=True, seed=3)
             batches.append(list(make_loader(dataset, sampler, num_workers=workers)))
-        assert len(batches[0]) == len(batches[1]) == 4
+        assert len(batches[0]) == len(batches[1]) == 3  # 6 originals of a + 6 copies of b (its originals skipped)
         for x, y in zip(*batches):
             assert x.keys() == y.keys() == {"image", "mask", "agreement", "label", "malignancy", "index"}
             for key in x:

@@ -32,7 +32,10 @@ def test_plan_devices(monkeypatch: pytest.MonkeyPatch):
 @pytest.mark.slow
 def test_two_gloo_processes_match_one_process(tmp_path: Path):
     store = make_store(tmp_path / "patches.h5", n_patients=6, per_patient=3, n_folds=3)
-    config = tiny_config(epochs=2, batch_size=4, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    config = tiny_config(epochs=3, batch_size=4, optimizer={"name": "sgd", "lr": 0.1, "momentum": 0.9})
+    # rank 0's validation drives the plateau schedule and a keep_best group on every rank
+    config["scheduler"].update(name="plateau", monitor="val_loss", factor=0.5, patience=0, threshold=0.9)
+    config["phases"] = {"main": {"keep_best": {"cls_head": "val_loss"}}}
     launch(ddp_worker, DevicePlan("cpu", 1), store, config, None, tmp_path / "one.pt")
     launch(ddp_worker, DevicePlan("cpu", 2), store, config, tmp_path / "run", tmp_path / "two.pt")
     one, two = torch.load(tmp_path / "one.pt"), torch.load(tmp_path / "two.pt")
@@ -45,6 +48,8 @@ def test_two_gloo_processes_match_one_process(tmp_path: Path):
     for a, b in zip(one["rows"], two["rows"]):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-5)
         assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-5)
+        assert a["lr"] == b["lr"]
+    assert one["rows"][-1]["lr"] == 0.05  # the plateau halved it after epoch 2
     assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file() and (tmp_path / "run" / "log.csv").is_file()
 
 
