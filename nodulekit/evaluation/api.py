@@ -232,9 +232,9 @@ def _gallery(rows: list[dict[str, Any]], sources: dict[str, tuple[Path, Path]], 
 
 def _label_columns(run: RunInfo, tasks: dict[str, int], provenance: dict[str, Any]) -> dict[str, str]:
     """Truth column per task: the predictor's ``label_columns``, over the run config's
-    ``data.extra_labels`` ({task: column}) and, for a single task, ``data.label_column``."""
+    ``data.labels`` ({task: column}, as training reads it) and, for a single task, ``data.label_column``."""
     data = run.config.get("data") or {}
-    columns = {str(k): str(v) for k, v in (data.get("extra_labels") or {}).items()}
+    columns = {str(k): str(v) for k, v in (data.get("labels") or {}).items()}
     if len(tasks) == 1 and data.get("label_column"):
         columns.setdefault(next(iter(tasks)), str(data["label_column"]))
     columns.update(provenance.get("label_columns") or {})

@@ -29,9 +29,13 @@ Contract (checked by :func:`check_batch`):
 - Optional attributes: ``label_columns`` ({task: store table column holding the truth},
   default: see :func:`nodulekit.evaluation.rows.truth_column`); ``version`` (text that
   changes when the predictor's output changes; part of the predictions' cache key).
+
+The built-in models' predictors (:mod:`nodulekit.evaluation.predictors`) are registered on the
+registry's first use (importing them does not import torch).
 """
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -66,6 +70,18 @@ class Predictor(Protocol):
 
 PredictorFactory = Callable[[RunInfo], Predictor]
 _REGISTRY: dict[str, PredictorFactory] = {}
+#: Modules registering the built-in models' predictors, imported on the registry's first use.
+BUILTIN_PREDICTOR_MODULES = ("nodulekit.evaluation.predictors",)
+_builtins_loaded = False
+
+
+def _load_builtin_predictors() -> None:
+    global _builtins_loaded
+    if _builtins_loaded:
+        return
+    _builtins_loaded = True
+    for module in BUILTIN_PREDICTOR_MODULES:
+        importlib.import_module(module)
 
 
 def register_predictor(model_name: str) -> Callable[[PredictorFactory], PredictorFactory]:
@@ -74,27 +90,32 @@ def register_predictor(model_name: str) -> Callable[[PredictorFactory], Predicto
     Registering a name again replaces the previous factory (tests register throw-away ones).
     """
     def decorate(factory: PredictorFactory) -> PredictorFactory:
+        _load_builtin_predictors()  # first, so a later built-in import never replaces this one
         _REGISTRY[model_name] = factory
         return factory
     return decorate
 
 
 def unregister_predictor(model_name: str) -> None:
+    _load_builtin_predictors()
     _REGISTRY.pop(model_name, None)
 
 
 def registered_predictors() -> list[str]:
+    _load_builtin_predictors()
     return sorted(_REGISTRY)
 
 
 def registered_factory(model_name: str) -> PredictorFactory | None:
     """The factory registered for ``model_name``, or None."""
+    _load_builtin_predictors()
     return _REGISTRY.get(model_name)
 
 
 def predictor_for(run: RunInfo, predictor: Predictor | PredictorFactory | None = None) -> Predictor:
     """The predictor for ``run``: the one given (an instance, or a factory called with ``run``), else the registry's."""
     if predictor is None:
+        _load_builtin_predictors()
         if run.model not in _REGISTRY:
             known = ", ".join(registered_predictors()) or "none"
             raise NodulekitError(

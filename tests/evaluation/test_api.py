@@ -120,7 +120,7 @@ class TwoTasks(ThresholdPredictor):
 
 def test_truth_columns_from_config_and_predictor(workdir: Path):
     run = workdir / "runs" / f"{MODEL}-fold0-20260101T000000Z"
-    (run / "config.toml").write_text('[model]\nthreshold = 0.5\n[data]\nextra_labels = {malignancy = "label"}\n')
+    (run / "config.toml").write_text('[model]\nthreshold = 0.5\n[data]\nlabels = {malignancy = "label"}\n')
     result = evaluate(workdir, run=run.name, predictor=TwoTasks, params=FAST)
     assert result.metrics["tasks"] == {"malignancy": {"n_classes": 2, "truth_column": "label"},
                                        "texture": {"n_classes": 2, "truth_column": "label_test_malignancy"}}
