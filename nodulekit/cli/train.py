@@ -29,6 +29,11 @@ def train(
     compile_: Annotated[bool, typer.Option("--compile", help="torch.compile the training step.")] = False,
     stores: Annotated[Optional[str], typer.Option(
         "--stores", help="crop | augment | both (default: by the config's augmentation.mode).")] = None,
+    init: Annotated[Optional[str], typer.Option(
+        "--init", help="Transfer learning: start from this run's weights (a run name in WORKDIR/runs, a run "
+                       "folder or a .pt file); sets model.transfer.init_from.")] = None,
+    freeze: Annotated[Optional[str], typer.Option(
+        "--freeze", help="Transfer learning: blocks kept frozen, e.g. S1,S5,S9,C1,FC; sets model.transfer.freeze.")] = None,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
 ) -> None:
     """Train MODEL on its patch store(s); prints the run folder and the final metrics.
@@ -37,11 +42,13 @@ def train(
 
     Ctrl-C saves a checkpoint; continue with --resume RUN.
 
-    Example: nodulekit train mtnet --epochs 1 --max-steps 20 --set model.width=0.125 ; nodulekit train dgnet --folds all
+    Example: nodulekit train mtnet --epochs 1 --max-steps 20 --set model.width=0.125 ; nodulekit train dgnet --folds all ;
+    nodulekit train dgnet --init dgnet-fold0-20261123T101500Z --freeze S1,S5 (fine-tune, paper 001 section 4.5)
     """
     from nodulekit.training.api import train as run_training, train_folds
 
-    kwargs = dict(config_overrides=overrides or [], config_files=config or [], gpus=gpus, device=device,
+    overrides = list(overrides or []) + transfer_overrides(workdir, init, freeze)
+    kwargs = dict(config_overrides=overrides, config_files=config or [], gpus=gpus, device=device,
                   epochs=epochs, max_steps=max_steps, compile=compile_, stores=stores)
     if folds is not None:
         if resume is not None:
@@ -57,6 +64,29 @@ def train(
         print_folds(results)
     if any(r.status != "complete" for r in results):
         raise typer.Exit(130)
+
+
+def transfer_overrides(workdir: Path, init: str | None, freeze: str | None) -> list[str]:
+    """``--init`` / ``--freeze`` as ``--set`` entries of the model's ``[model.transfer]`` table.
+
+    ``--init`` names a run in ``WORKDIR/runs`` or a path; the resolved absolute path is what the
+    run config records. A model without ``[model.transfer]`` rejects the key with a clear error.
+    """
+    import json
+
+    from nodulekit.errors import NodulekitError
+
+    entries: list[str] = []
+    if init is not None:
+        candidate = Path(workdir) / "runs" / init
+        path = candidate if candidate.exists() else Path(init)
+        if not path.exists():
+            raise NodulekitError(f"--init {init}: no run {candidate} and no such file or folder")
+        entries.append(f"model.transfer.init_from={json.dumps(str(path.resolve()))}")
+    if freeze is not None:
+        names = [name.strip() for name in freeze.split(",") if name.strip()]
+        entries.append(f"model.transfer.freeze={json.dumps(names)}")
+    return entries
 
 
 def _parse_folds(text: str) -> str | list[int]:

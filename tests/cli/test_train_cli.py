@@ -97,3 +97,26 @@ def test_errors_are_one_line(workdir: Path, tmp_path: Path):
         result = invoke(*args, "--workdir", str(workdir))
         assert isinstance(result.exception, NodulekitError) and text in str(result.exception), args
         assert "\n" not in str(result.exception)
+
+
+def test_init_and_freeze_become_the_transfer_config(tmp_path: Path):
+    from nodulekit.cli.train import transfer_overrides
+    from nodulekit.models.registry import get_spec
+    from nodulekit.training.config import apply_overrides
+
+    run = tmp_path / "runs" / "dgnet-fold0-x"
+    run.mkdir(parents=True)
+    entries = transfer_overrides(tmp_path, "dgnet-fold0-x", "S1, S5,FC")
+    config = apply_overrides(get_spec("dgnet").default_config, entries)
+    assert config["model"]["transfer"]["init_from"] == str(run.resolve())
+    assert config["model"]["transfer"]["freeze"] == ["S1", "S5", "FC"]
+    with pytest.raises(NodulekitError, match="--init nope"):
+        transfer_overrides(tmp_path, "nope", None)
+
+
+def test_init_on_a_model_without_transfer_is_a_one_line_error(workdir: Path, tmp_path: Path):
+    (tmp_path / "weights.pt").write_bytes(b"")
+    result = invoke("mtnet", "--init", str(tmp_path / "weights.pt"), "--max-steps", "1", *SMALL,
+                    "--workdir", str(workdir))
+    assert result.exit_code != 0
+    assert "transfer" in str(result.exception) or "transfer" in result.output
