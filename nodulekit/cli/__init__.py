@@ -11,6 +11,7 @@ import typer
 
 from nodulekit import __version__
 from nodulekit.cli import augment, consensus, crop, evaluate, ingest, models, phantom, status
+from nodulekit.cli import infer as infer_cli
 from nodulekit.cli import train as train_cli
 from nodulekit.cli.common import err_console
 from nodulekit.errors import NodulekitError
@@ -36,6 +37,7 @@ app.command("phantom")(phantom.phantom)
 app.command("status")(status.status)
 app.command("evaluate")(evaluate.evaluate)
 app.command("models")(models.models)
+app.command("infer")(infer_cli.infer)
 
 
 def _version_callback(value: bool) -> None:
