@@ -10,7 +10,7 @@ import sys
 import typer
 
 from nodulekit import __version__
-from nodulekit.cli import augment, consensus, crop, evaluate, ingest, models, phantom, status
+from nodulekit.cli import augment, consensus, crop, evaluate, ingest, models, phantom, run, status
 from nodulekit.cli import infer as infer_cli
 from nodulekit.cli import train as train_cli
 from nodulekit.cli.common import err_console
@@ -37,6 +37,7 @@ app.command("phantom")(phantom.phantom)
 app.command("status")(status.status)
 app.command("evaluate")(evaluate.evaluate)
 app.command("models")(models.models)
+app.command("run")(run.run)
 app.command("infer")(infer_cli.infer)
 
 
