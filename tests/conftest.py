@@ -9,6 +9,27 @@ import pytest
 TINY_PHANTOM = dict(n_scans=3, seed=0, matrix=128, max_slices=24)
 
 
+#: Folders whose tests run tiny networks: one intra-op torch thread is much faster than several on a
+#: shared 2-core CPU (OpenMP barriers stall when another process holds a core).
+ONE_THREAD_FOLDERS = {"models", "training", "inference"}
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread(request: pytest.FixtureRequest):
+    """``torch.set_num_threads(1)`` for tests in ONE_THREAD_FOLDERS or marked ``one_torch_thread``."""
+    wanted = request.node.get_closest_marker("one_torch_thread") is not None or \
+        Path(str(request.node.fspath)).parent.name in ONE_THREAD_FOLDERS
+    if not wanted:
+        yield
+        return
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(scope="session")
 def tiny_phantom(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Root folder of a LIDC-shaped download (DICOM + XML) written by the phantom."""

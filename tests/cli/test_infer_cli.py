@@ -6,7 +6,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from typer.testing import CliRunner
 
 from nodulekit.cli import app, main
@@ -14,12 +13,7 @@ from nodulekit.errors import NodulekitError
 from nodulekit.inference.inputs import find_scans
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.one_torch_thread
 
 
 @pytest.fixture(scope="module")

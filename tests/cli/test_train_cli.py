@@ -15,15 +15,7 @@ from nodulekit.errors import NodulekitError
 SMALL = ["--set", "model.width=0.125"]
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """One torch thread: a busy shared CPU does not stall OpenMP barriers (as tests/training)."""
-    import torch
-
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.one_torch_thread
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +24,7 @@ TRUTH = {"mtnet": {"malignancy": "label"}, "dgnet": {"nodule": "kind==nodule"}, 
          "munet3d": {}, "cascade": {"cls": "label_mtcnn_malignancy"}}
 
 
-@pytest.fixture(autouse=True)
-def one_torch_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.one_torch_thread
 
 
 @pytest.fixture(scope="module")
