@@ -27,10 +27,11 @@ import h5py
 import numpy as np
 
 from nodulekit.errors import InputFileError
+from nodulekit.io.hdf5_table import open_store, table_columns, write_table
+from nodulekit.io.hdf5_table import read_table as read_table_group
 from nodulekit.atomic import atomic_path
 
 NODULE_SCHEMA = 1
-_STR = h5py.string_dtype()
 
 
 @dataclass
@@ -88,26 +89,6 @@ def _json_default(value: Any) -> Any:
     raise TypeError(type(value).__name__)
 
 
-def table_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
-    """Columns in first-seen order over all rows."""
-    columns: dict[str, None] = {}
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    return list(columns)
-
-
-def _column_array(values: list[Any]) -> tuple[np.ndarray, Any]:
-    present = [v for v in values if v is not None]
-    if present and all(isinstance(v, (bool, np.bool_)) for v in present):
-        return np.array([bool(v) for v in values]), None
-    if present and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in present) \
-            and len(present) == len(values):
-        return np.array(values, dtype=np.int64), None
-    if present and all(isinstance(v, (int, float, np.number)) for v in present):
-        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64), None
-    return np.array(["" if v is None else str(v) for v in values], dtype=object), _STR
-
-
 def assemble_store(path: Path, part_paths: Sequence[Path], rows: list[dict[str, Any]],
                    attrs: Mapping[str, Any]) -> None:
     """The final nodule store from the per-scan parts and the full table, atomically."""
@@ -121,35 +102,17 @@ def assemble_store(path: Path, part_paths: Sequence[Path], rows: list[dict[str, 
                 with h5py.File(part, "r") as f:
                     for series_uid in f["nodules"]:
                         f.copy(f["nodules"][series_uid], nodules, name=series_uid)
-            columns = table_columns(rows)
-            out.attrs["columns_json"] = json.dumps(columns)
-            table = out.create_group("table")
-            for col in columns:
-                data, dtype = _column_array([row.get(col) for row in rows])
-                table.create_dataset(col, data=data, dtype=dtype)
+            write_table(out, rows, table_columns(rows))
 
 
 def _open(path: Path) -> h5py.File:
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise InputFileError(path, f"cannot open as HDF5 ({error})") from None
-    if f.attrs.get("schema") != NODULE_SCHEMA or "table" not in f:
-        f.close()
-        raise InputFileError(path, f"not a nodulekit nodule store (schema {NODULE_SCHEMA})")
-    return f
+    return open_store(path, NODULE_SCHEMA, "nodule")
 
 
 def read_table(path: Path) -> dict[str, np.ndarray]:
     """The nodule table as ``{column: array}`` (strings decoded)."""
     with _open(path) as f:
-        out = {}
-        for col in json.loads(f.attrs["columns_json"]):
-            data = f["table"][col][()]
-            if data.dtype == object:
-                data = np.array([v.decode() if isinstance(v, bytes) else v for v in data], dtype=object)
-            out[col] = data
-        return out
+        return read_table_group(f)
 
 
 def read_nodule(path: Path, series_uid: str, nodule_id: int) -> NoduleRecord:

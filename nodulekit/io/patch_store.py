@@ -45,6 +45,7 @@ import numpy as np
 
 from nodulekit.atomic import atomic_path
 from nodulekit.errors import InputFileError
+from nodulekit.io.hdf5_table import open_store, read_table, table_columns, write_table
 
 PATCH_SCHEMA = 1
 #: HU written where a patch reaches outside the scan (air), before the window and normalisation.
@@ -57,7 +58,6 @@ ARRAYS = ("images", "masks", "agreement")
 REQUIRED_COLUMNS = ("nodule_key", "patient_id", "series_uid", "nodule_id", "fold", "label", "kind",
                     "slice_offset", "source_spacing_z_mm", "source_spacing_y_mm", "source_spacing_x_mm")
 PATCH_COMPRESSION = hdf5plugin.Blosc(cname="lz4", clevel=5, shuffle=hdf5plugin.Blosc.SHUFFLE)
-_STR = h5py.string_dtype()
 _DTYPES = {"images": np.float32, "masks": np.bool_, "agreement": np.float32}
 
 
@@ -144,36 +144,12 @@ def _count(path: Path) -> int:
         return int(f["images"].shape[0])
 
 
-def _column_array(values: list[Any]) -> tuple[np.ndarray, Any]:
-    if values and all(isinstance(v, (bool, np.bool_)) for v in values):
-        return np.array(values, dtype=bool), None
-    if values and all(isinstance(v, (int, np.integer)) and not isinstance(v, (bool, np.bool_)) for v in values):
-        return np.array(values, dtype=np.int64), None
-    if values and all(v is None or isinstance(v, (int, float, np.number)) for v in values):
-        return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64), None
-    return np.array(["" if v is None else str(v) for v in values], dtype=object), _STR
-
-
 def _write_table(out: h5py.File, rows: list[dict[str, Any]]) -> None:
-    columns: dict[str, None] = dict.fromkeys(REQUIRED_COLUMNS)
-    for row in rows:
-        columns.update(dict.fromkeys(row))
-    out.attrs["columns_json"] = json.dumps(list(columns))
-    table = out.create_group("table")
-    for col in columns:
-        data, dtype = _column_array([row.get(col) for row in rows])
-        table.create_dataset(col, data=data, dtype=dtype)
+    write_table(out, rows, table_columns(rows, first=REQUIRED_COLUMNS))
 
 
 def _open(path: Path) -> h5py.File:
-    try:
-        f = h5py.File(path, "r")
-    except (OSError, FileNotFoundError) as error:
-        raise InputFileError(path, f"cannot open as HDF5 ({error})") from None
-    if f.attrs.get("schema") != PATCH_SCHEMA or "table" not in f or "images" not in f:
-        f.close()
-        raise InputFileError(path, f"not a nodulekit patch store (schema {PATCH_SCHEMA})")
-    return f
+    return open_store(path, PATCH_SCHEMA, "patch", required=("table", "images"))
 
 
 class PatchStore:
@@ -187,7 +163,7 @@ class PatchStore:
         self._file = _open(self.path)
         self.info = PatchGeometryInfo.from_attrs(self._file.attrs)
         self.attrs = dict(self._file.attrs)
-        self.table = _read_table(self._file)
+        self.table = read_table(self._file)
 
     def __len__(self) -> int:
         return int(self._file["images"].shape[0])
@@ -242,16 +218,6 @@ def _read_patches(dataset: h5py.Dataset, indices: np.ndarray) -> np.ndarray:
 
 def _python(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def _read_table(f: h5py.File) -> dict[str, np.ndarray]:
-    out: dict[str, np.ndarray] = {}
-    for col in json.loads(f.attrs["columns_json"]):
-        data = f["table"][col][()]
-        if data.dtype == object:
-            data = np.array([v.decode() if isinstance(v, bytes) else v for v in data], dtype=object)
-        out[col] = data
-    return out
 
 
 def open_patch_store(path: Path) -> PatchStore:
