@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,26 +10,10 @@ from typer.testing import CliRunner
 
 from nodulekit.cli import app
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "stages"))
+from _run_helpers import IntensityPredictor  # noqa: E402
+
 ENV = {"COLUMNS": "200"}
-
-
-class ThresholdPredictor:
-    """A stand-in model for the evaluate stage: P(nodule) from the patch intensity."""
-
-    version = "test"
-
-    def __init__(self, run=None) -> None:
-        self.run = run
-
-    def predict(self, store, indices, fold):
-        import numpy as np
-
-        from nodulekit.evaluation import PredictionBatch
-
-        images = store.read(indices, arrays=("images",))["images"].astype(np.float32)
-        seg = np.clip((images - 0.3) * 3, 0, 1)
-        malignancy = np.clip(seg.reshape(len(indices), -1).mean(axis=1) * 5, 0, 1)
-        yield PredictionBatch(indices=indices, seg_prob=seg, class_prob={"malignancy": malignancy})
 
 
 @pytest.fixture
@@ -40,7 +25,7 @@ def mtnet_predictor():
     if registered_factory("mtnet") is not None:
         yield
         return
-    register_predictor("mtnet")(ThresholdPredictor)
+    register_predictor("mtnet")(IntensityPredictor)
     yield
     unregister_predictor("mtnet")
 

@@ -1,7 +1,6 @@
 """dgnet specifics (paper 001): STD sigmoid (eq. 4-5), blocks, ablations, transfer learning, loss."""
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -22,15 +21,6 @@ from nodulekit.training.engine import select_trainable, set_train_mode
 
 SPEC = get_spec("dgnet")
 SMALL = dict(SPEC.test_overrides)
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    """One intra-op thread: tiny convs on a shared 2-core machine are much faster that way."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def small(**overrides: object) -> DGNet:
@@ -397,7 +387,7 @@ def slices(n: int = 6, size: int = 64) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.slow
-def test_dgnet_overfits_six_slices(one_thread: None) -> None:
+def test_dgnet_overfits_six_slices() -> None:
     torch.manual_seed(0)
     config = SPEC.resolve_config({"model": {"width": 0.0625}})
     model = create_model("dgnet", config=config)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import io
 import math
-from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -22,14 +21,6 @@ from nodulekit.training.optim import build_scheduler
 SPEC = get_spec("mtcnn")
 #: A small instance for the fast tests: 32 x 32 views, narrow layers (same structure).
 TINY = {"input_size_px": 32, "share_channels": [8, 16, 16], "cls_units": [64, 16, 2]}
-
-
-@pytest.fixture
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def tiny(**overrides: object) -> MTCNN:
@@ -308,7 +299,7 @@ def _accuracy(model: MTCNN, x: torch.Tensor, labels: torch.Tensor) -> tuple[floa
 
 
 @pytest.mark.slow
-def test_mtcnn_overfits_and_weights_views_by_training_auc(one_thread: None) -> None:
+def test_mtcnn_overfits_and_weights_views_by_training_auc() -> None:
     torch.manual_seed(0)
     config = tiny_config()
     model = create_model("mtcnn", config=config)

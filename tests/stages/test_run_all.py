@@ -5,11 +5,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from nodulekit.errors import NodulekitError
-from nodulekit.evaluation import PredictionBatch
+from _run_helpers import IntensityPredictor  # tests/stages is on sys.path (rootdir import mode)
 from nodulekit.pipeline import read_manifest, stage_status
 from nodulekit.stages.run_all import (PipelineInterrupted, RunParams, StageEvent, config_digest, matching_runs,
                                       parse_folds, run_pipeline)
@@ -20,21 +19,6 @@ from nodulekit.training.runs import list_runs, read_run_json
 PATIENTS = ["LIDC-IDRI-0049", "LIDC-IDRI-0148", "LIDC-IDRI-0188", "LIDC-IDRI-0250"]
 TINY_MTNET = ("model.width=0.0625", "model.input_size_px=32", "model.seg.middle_units=1", "model.cls.middle_blocks=1",
               "batch_size={seg = 4, malignancy = 4}", "train.val_max_batches=2")
-
-
-class ThresholdPredictor:
-    """A stand-in model for the evaluate stage: P(nodule) from the patch intensity."""
-
-    version = "test"
-
-    def __init__(self, run=None) -> None:
-        self.run = run
-
-    def predict(self, store, indices, fold):
-        images = store.read(indices, arrays=("images",))["images"].astype(np.float32)
-        seg = np.clip((images - 0.3) * 3, 0, 1)
-        malignancy = np.clip(seg.reshape(len(indices), -1).mean(axis=1) * 5, 0, 1)
-        yield PredictionBatch(indices=indices, seg_prob=seg, class_prob={"malignancy": malignancy})
 
 
 @pytest.fixture(scope="module")
@@ -54,7 +38,7 @@ def params(lidc: Path, **changes) -> RunParams:
 
 def run(workdir: Path, p: RunParams, **kw):
     events: list[StageEvent] = []
-    result = run_pipeline(workdir, p, on_event=events.append, predictor=ThresholdPredictor, **kw)
+    result = run_pipeline(workdir, p, on_event=events.append, predictor=IntensityPredictor, **kw)
     return result, events
 
 
