@@ -36,7 +36,8 @@ from nodulekit.evaluation.predictions import cache_key_of, open_predictions, wri
 from nodulekit.evaluation.predictor import (Predictor, PredictorFactory, predictor_for, predictor_identity,
                                             registered_factory)
 from nodulekit.evaluation.rows import prediction_rows
-from nodulekit.evaluation.runs import RunInfo, augmented_rows, load_run, resolve_run, run_key
+from nodulekit.evaluation.runs import RunInfo, load_run, resolve_run, run_key
+from nodulekit.io.patch_store import augmented_flags
 from nodulekit.evaluation.tables import DEFAULT_DIAMETER_BINS_MM, CISettings, build_tables
 from nodulekit.io.patch_store import PatchStore, open_patch_store
 
@@ -112,7 +113,7 @@ def _factory_identity(run: RunInfo, predictor: Predictor | PredictorFactory | No
 
 def _held_out_indices(store: PatchStore, fold: int) -> np.ndarray:
     """Rows of ``fold`` that are originals (augmented copies are never scored)."""
-    keep = (np.asarray(store.table["fold"]) == fold) & ~augmented_rows(store.table)
+    keep = (np.asarray(store.table["fold"]) == fold) & ~augmented_flags(store.table)
     return np.flatnonzero(keep).astype(np.int64)
 
 

@@ -31,7 +31,8 @@ import numpy as np
 from nodulekit.errors import NodulekitError
 from nodulekit.evaluation.predictor import PredictionBatch, register_predictor
 from nodulekit.evaluation.rows import KIND_IS_NODULE
-from nodulekit.evaluation.runs import RunInfo, augmented_rows, load_run
+from nodulekit.evaluation.runs import RunInfo, load_run
+from nodulekit.io.patch_store import augmented_flags
 
 BUILTIN_MODELS = ("mtnet", "dgnet", "mtcnn", "msunet", "munet3d", "cascade")
 #: Tasks whose truth training derives from the patch instead of a label column.
@@ -175,7 +176,7 @@ class _SlabGrid:
         self.cube_depth = int(c_info.patch_shape[0])
         self.slab_dz = float(s_info.spacing_zyx_mm[0])
         self.cube_dz = float(c_info.spacing_zyx_mm[0])
-        keep = ~augmented_rows(cubes.table)
+        keep = ~augmented_flags(cubes.table)
         self.rows = {str(k): i for i, k in enumerate(cubes.table["nodule_key"]) if keep[i]}
 
     def cube_row(self, key: str) -> int:

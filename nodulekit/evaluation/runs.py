@@ -18,7 +18,7 @@ the report):
 Evaluation store (the one whose held-out rows are predicted): ``eval_store``; else the dict
 entry named ``eval``, ``test``, ``crop`` or ``patches``; else the first store not marked
 ``augmented`` (nor under ``WORKDIR/augment/``); else the first store. Augmented copies are
-never scored: rows flagged by :func:`augmented_rows` are left out (an augmented store also
+never scored: rows flagged by :func:`nodulekit.io.patch_store.augmented_flags` are left out (an augmented store also
 carries the originals, with ``is_augmented = false``).
 """
 from __future__ import annotations
@@ -29,8 +29,6 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from nodulekit.errors import InputFileError, NodulekitError
 
@@ -132,19 +130,6 @@ def _eval_store(meta: dict[str, Any], workdir: Path, run_dir: Path) -> Path:
     named = [path for name, path, _ in entries if name in _EVAL_STORE_NAMES]
     plain = [path for name, path, flag in entries if not _looks_augmented(name, flag, path, workdir)]
     return (named or plain or [entries[0][1]])[0]
-
-
-def augmented_rows(table: dict[str, Any]) -> np.ndarray:
-    """Bool per row: an augmented copy (``is_augmented``; else an ``augmentation`` other than none).
-
-    The same rule as ``nodulekit.training.data.augmented_flags`` (not imported: it pulls in torch).
-    """
-    n = len(table["fold"])
-    if "is_augmented" in table:
-        return np.asarray(table["is_augmented"]).astype(bool)
-    if "augmentation" in table:
-        return np.array([str(a) not in ("", "none", "identity") for a in table["augmentation"]], dtype=bool)
-    return np.zeros(n, dtype=bool)
 
 
 def load_run(workdir: Path, run_dir: Path) -> RunInfo:

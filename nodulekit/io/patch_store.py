@@ -152,6 +152,17 @@ def _open(path: Path) -> h5py.File:
     return open_store(path, PATCH_SCHEMA, "patch", required=("table", "images"))
 
 
+def augmented_flags(table: Mapping[str, Any]) -> np.ndarray:
+    """Bool per row: an augmented copy (``is_augmented``; else an ``augmentation`` other than
+    ``""``/``none``/``identity``). Training never validates on these; evaluation never scores them."""
+    n = len(table["fold"])
+    if "is_augmented" in table:
+        return np.asarray(table["is_augmented"]).astype(bool)
+    if "augmentation" in table:
+        return np.array([str(a) not in ("", "none", "identity") for a in table["augmentation"]], dtype=bool)
+    return np.zeros(n, dtype=bool)
+
+
 class PatchStore:
     """Read access to a patch store: ``info``, ``table``, ``len()``, ``read(indices)``.
 

@@ -45,7 +45,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from nodulekit.errors import NodulekitError
-from nodulekit.io.patch_store import ARRAYS, PatchStore, open_patch_store
+from nodulekit.io.patch_store import ARRAYS, PatchStore, augmented_flags, open_patch_store
 
 Batch = dict[str, Any]
 SPLITS = ("train", "val", "all")
@@ -91,16 +91,6 @@ def resolve_store_path(entry: str | Path, workdir: Path | None) -> Path:
 
 
 # -- selection ---------------------------------------------------------------------------------
-def augmented_flags(table: Mapping[str, np.ndarray]) -> np.ndarray:
-    """Which rows are augmented copies (``is_augmented``; else a non-empty ``augmentation``)."""
-    n = len(table["fold"])
-    if "is_augmented" in table:
-        return np.asarray(table["is_augmented"]).astype(bool)
-    if "augmentation" in table:
-        return np.array([str(a) not in ("", "none", "identity") for a in table["augmentation"]], dtype=bool)
-    return np.zeros(n, dtype=bool)
-
-
 def select_rows(table: Mapping[str, np.ndarray], split: str, fold: int | None, *, label_column: str = "label",
                 require_label: bool = False, kinds: Sequence[str] = (), originals_only: bool = False,
                 copies_only: bool = False) -> np.ndarray:

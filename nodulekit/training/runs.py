@@ -106,7 +106,7 @@ def store_record(path: Path, workdir: Path) -> dict[str, Any]:
     fingerprint, a size/mtime digest, patch count and whether it holds augmented copies."""
     from nodulekit.io.patch_store import open_patch_store
     from nodulekit.pipeline.spec import files_digest
-    from nodulekit.training.data import augmented_flags
+    from nodulekit.io.patch_store import augmented_flags
 
     path = Path(path)
     with open_patch_store(path) as store:

@@ -8,7 +8,8 @@ import pytest
 
 from _eval_helpers import MODEL, write_run
 from nodulekit.errors import InputFileError, NodulekitError
-from nodulekit.evaluation.runs import augmented_rows, list_runs, load_run, resolve_run, run_key
+from nodulekit.evaluation.runs import list_runs, load_run, resolve_run, run_key
+from nodulekit.io.patch_store import augmented_flags
 from nodulekit.io.patch_store import open_patch_store
 
 
@@ -25,8 +26,8 @@ def test_training_style_run_json(tmp_path: Path):
 
 def test_augmented_store_alone_is_used_but_augmented_rows_are_not():
     table = {"fold": [0, 0, 1], "is_augmented": [False, True, False]}
-    assert augmented_rows(table).tolist() == [False, True, False]
-    assert augmented_rows({"fold": [0], "augmentation": ["flip"]}).tolist() == [True]
+    assert augmented_flags(table).tolist() == [False, True, False]
+    assert augmented_flags({"fold": [0], "augmentation": ["flip"]}).tolist() == [True]
 
 
 def test_fold_null_has_nothing_held_out(tmp_path: Path):
