@@ -28,6 +28,18 @@ def _flat_per_image(probs: torch.Tensor, target: torch.Tensor) -> tuple[torch.Te
     return probs.reshape(probs.shape[0], -1).float(), target.reshape(target.shape[0], -1) > 0.5
 
 
+def _dice_rows(probs: torch.Tensor, target: torch.Tensor, reduction: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(rows, N) prediction and target (target in the prediction's dtype): one row per image for
+    ``reduction="image"``, a single row for ``"batch"``."""
+    p, g = _flat_per_image(probs, target)
+    g = g.to(p.dtype)
+    if reduction == "batch":
+        return p.reshape(1, -1), g.reshape(1, -1)
+    if reduction != "image":
+        raise NodulekitError(f"dice reduction must be 'image' or 'batch', not {reduction!r}")
+    return p, g
+
+
 def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
               reduction: str = "image") -> torch.Tensor:
     """Soft Dice loss, MT-Net eq. (2): ``1 - 2 sum_i P_i G_i / (sum_i (P_i + G_i) + eps)``.
@@ -40,12 +52,7 @@ def dice_loss(probs: torch.Tensor, target: torch.Tensor, eps: float = 1.0,
             the mean over the batch; ``"batch"``: one sum over all pixels of the batch.
     Returns: scalar tensor.
     """
-    p, g = _flat_per_image(probs, target)
-    g = g.to(p.dtype)
-    if reduction == "batch":
-        p, g = p.reshape(1, -1), g.reshape(1, -1)
-    elif reduction != "image":
-        raise NodulekitError(f"dice reduction must be 'image' or 'batch', not {reduction!r}")
+    p, g = _dice_rows(probs, target, reduction)
     overlap = (p * g).sum(dim=1)
     total = (p + g).sum(dim=1)
     return (1.0 - 2.0 * overlap / (total + eps)).mean()
@@ -136,12 +143,7 @@ def squared_dice_loss(probs: torch.Tensor, target: torch.Tensor, smooth: float =
             mean; ``"batch"``: one sum over all voxels of the batch.
     Returns: scalar float32 tensor in [0, 1] (sums in float32, also under bf16 autocast).
     """
-    p, g = _flat_per_image(probs.float(), target)
-    g = g.to(p.dtype)
-    if reduction == "batch":
-        p, g = p.reshape(1, -1), g.reshape(1, -1)
-    elif reduction != "image":
-        raise NodulekitError(f"dice reduction must be 'image' or 'batch', not {reduction!r}")
+    p, g = _dice_rows(probs.float(), target, reduction)
     overlap = (p * g).sum(dim=1)
     denominator = (p * p).sum(dim=1) + (g * g).sum(dim=1)
     return (1.0 - (2.0 * overlap + smooth) / (denominator + smooth)).mean()
