@@ -70,10 +70,18 @@ def main() -> None:
     except typer.Abort:
         err_console.print("aborted")
         sys.exit(1)
-    except Exception as error:  # click usage errors
-        import click
-
-        if isinstance(error, click.ClickException):
+    except OSError as error:  # e.g. a workdir that cannot be created or written
+        where = error.filename or "nodulekit"
+        err_console.print(f"[bold red]error:[/] {where}: {error.strerror or error}", highlight=False, soft_wrap=True)
+        sys.exit(1)
+    except Exception as error:
+        if _is_usage_error(error):
             error.show()
             sys.exit(error.exit_code)
         raise
+
+
+def _is_usage_error(error: Exception) -> bool:
+    """A click usage error (bad option, missing argument). Recognised by its interface, because
+    newer typer releases vendor click (``typer._click``) and ``import click`` may fail."""
+    return callable(getattr(error, "show", None)) and isinstance(getattr(error, "exit_code", None), int)

@@ -54,3 +54,19 @@ def test_workdir_from_environment(tmp_path: Path):
                                 env={"NODULEKIT_WORKDIR": str(tmp_path / "envwork"), "COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     assert (tmp_path / "envwork" / "ingest" / "summary.json").exists()
+
+
+def test_unknown_option_is_a_usage_message_not_a_traceback(tmp_path: Path):
+    result = nodulekit("status", "--bogus", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr and "--bogus" in result.stderr
+
+
+def test_workdir_that_cannot_be_created_is_one_line_error(tmp_path: Path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = nodulekit("phantom", "--out", str(blocker / "lidc"), "--scans", "1", cwd=tmp_path)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and str(blocker) in lines[0]
