@@ -51,6 +51,7 @@ from nodulekit.errors import NodulekitError
 from nodulekit.inference.checkpoints import (CONFIG_TOML, check_same_config, check_state_dict,
                                              inference_model_table, locate, read_config, read_run_json, read_weights,
                                              trained_with)
+from nodulekit.inference.fold_bn import fold_batchnorm
 from nodulekit.io.patch_store import PatchGeometryInfo
 from nodulekit.models.registry import ModelSpec, get_spec
 
@@ -137,7 +138,8 @@ def _device(device: str | torch.device) -> torch.device:
     return dev
 
 
-def load_model(path: Path, device: str = "cpu", *, model: str | None = None) -> LoadedModel:
+def load_model(path: Path, device: str = "cpu", *, model: str | None = None,
+               fold_norms: bool = True) -> LoadedModel:
     """Load a trained model from a run folder or a checkpoint file inside one.
 
     Args:
@@ -145,6 +147,9 @@ def load_model(path: Path, device: str = "cpu", *, model: str | None = None) -> 
             (``model.pt``, ``checkpoints/model.pt``, ``checkpoints/best-<phase>.pt``, ``last.pt``).
         device: where the module goes (``"cpu"``, ``"cuda"``, ``"cuda:1"``).
         model: the model expected (e.g. ``"mtnet"``); a run of another model is an error.
+        fold_norms: fold BatchNorm into the convolutions before it
+            (:func:`~nodulekit.inference.fold_bn.fold_batchnorm`: same outputs up to float
+            rounding, faster); the module is then for inference only.
     Returns:
         :class:`LoadedModel` in eval mode on ``device``. Errors (one line, ``NodulekitError``):
         not a run or checkpoint, missing config.toml, a run of another model, a checkpoint
@@ -169,6 +174,8 @@ def load_model(path: Path, device: str = "cpu", *, model: str | None = None) -> 
     check_state_dict(weights, payload["model"], module.state_dict(), name, meta)
     module.load_state_dict(payload["model"])
     module.to(dev).eval()
+    if fold_norms:
+        fold_batchnorm(module)
     store_info = _store_info(meta, run_dir)
     crop_preset = spec.geometry.crop_preset
     patch_shape = store_info.patch_shape if store_info is not None else _preset_patch_shape(crop_preset)
