@@ -55,6 +55,11 @@ def infer(
                       highlight=False)
     if len(result.rows) > shown:
         console.print(f"  ... {len(result.rows) - shown} more in results.csv", highlight=False)
+    at_edge = [row for row in result.rows if row.get("mask_at_patch_edge")]
+    if at_edge:
+        err_console.print(f"warning: {len(at_edge)} nodule mask(s) reach the edge of the model's patch (results.csv "
+                          "column mask_at_patch_edge = 1): the model over-segments or the nodule is larger than the "
+                          "patch; their diameters and volumes are not reliable", highlight=False, soft_wrap=True)
     names = sorted({f.relative_to(result.out_dir).parts[0] + ("/" if f.parent != result.out_dir else "")
                     for f in result.files})
     console.print(f"outputs: {result.out_dir} ({', '.join(names)})", highlight=False)

@@ -37,7 +37,7 @@ from nodulekit.inference.nodules import NodulePrediction
 #: First columns of results.csv; task columns follow, then :data:`MEASURE_COLUMNS`.
 ID_COLUMNS = ("series_uid", "patient_id", "scan", "nodule", "source", "x_mm", "y_mm", "z_mm", "input_diameter_mm")
 MEASURE_COLUMNS = ("diameter_mm", "volume_mm3", "mask_voxels", "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
-                   "mask_distance_mm")
+                   "mask_distance_mm", "mask_at_patch_edge")
 #: Type 2 attributes highdicom copies from the source images; absent ones are set empty.
 _TYPE2_PATIENT_STUDY = ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate", "StudyTime",
                         "ReferringPhysicianName", "AccessionNumber", "StudyID")

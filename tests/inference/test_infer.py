@@ -253,3 +253,52 @@ def test_precision_staging_and_refused_modes(tmp_path, runs, phantom):
     assert _max_steps(geometry, scan, 10.0) == int(np.ceil(5.0 / scan.grid.spacing_zyx_mm[0])) + 1
     dz, dy = scan.grid.spacing_zyx_mm[:2]
     assert _max_steps(geometry, scan, None) == int(np.ceil(64 * dy / 2 / dz))
+
+
+class _DiscPlan:
+    """A stand-in 2D model: every patch gets a disc of ``radius_px`` at its centre (a tube through
+    the slices, like a vessel a weak model would follow), or the whole patch with ``radius_px=None``."""
+
+    name = "mtnet"
+
+    def __init__(self, radius_px: float | None) -> None:
+        from nodulekit.patches.presets import PRESETS
+
+        self.geometry = PRESETS["mtnet"]
+        self.radius_px = radius_px
+
+    def disc(self) -> np.ndarray:
+        size = self.geometry.size
+        yy, xx = np.mgrid[:size, :size] - (size - 1) / 2
+        return np.ones((size, size), bool) if self.radius_px is None else np.hypot(yy, xx) <= self.radius_px
+
+    def predict(self, images, **_):
+        from nodulekit.inference.predict import PatchPredictions
+
+        return PatchPredictions(np.repeat(self.disc()[None].astype(np.float32), len(images), axis=0))
+
+
+def test_slice_growth_stops_at_the_centre_extent_and_flags_patch_edges(phantom):
+    from nodulekit.inference.nodules import Z_GROWTH_PER_INPLANE_EXTENT, predict_scan
+
+    root, info = phantom
+    ref = find_scans(root)[1]
+    scan = load_scan(ref)
+    dz, dy = scan.grid.spacing_zyx_mm[:2]
+    centre = NoduleLocation(tuple(info["scans"][1]["nodules"][0]["bbox_center_xyz_mm"]))
+    plan = _DiscPlan(3)
+    tube = predict_scan(plan, scan, [centre]).nodules[0]
+    extent_px = int(plan.disc().any(axis=1).sum())
+    steps = int(np.ceil(Z_GROWTH_PER_INPLANE_EXTENT * extent_px * dy / dz)) + 1
+    half_patch_steps = int(np.ceil(64 * dy / 2 / dz))
+    assert steps < half_patch_steps  # the new limit is the one that acts
+    centre_k = int(round(float(scan.grid.mm_to_index(tube.centre_zyx_mm)[0])))
+    expected = [k for k in range(centre_k - steps, centre_k + steps + 1) if 0 <= k < scan.grid.shape_zyx[0]]
+    assert [s["slice"] for s in tube.slices] == expected
+    assert tube.measures["mask_at_patch_edge"] == 0.0
+    # a known diameter keeps its own limit (radius + 1 slice)
+    sized = NoduleLocation(centre.xyz_mm, diameter_mm=30.0)
+    assert len(predict_scan(_DiscPlan(3), scan, [sized]).nodules[0].slices) > len(expected)
+    # a mask filling the patch is flagged
+    filled = predict_scan(_DiscPlan(None), scan, [centre]).nodules[0]
+    assert filled.measures["mask_at_patch_edge"] == 1.0 and filled.measures["diameter_mm"] > 40
