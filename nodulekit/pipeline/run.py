@@ -84,7 +84,9 @@ class Provenance:
     created_utc: str
 
     def as_attrs(self) -> dict[str, str]:
-        return {f"nodulekit_{key}": value for key, value in self.__dict__.items()}
+        """HDF5 attributes, each named ``nodulekit_<field>`` (``nodulekit_version`` keeps its name)."""
+        return {key if key.startswith("nodulekit_") else f"nodulekit_{key}": value
+                for key, value in self.__dict__.items()}
 
 
 class StageRun:

@@ -162,3 +162,12 @@ def test_per_model_stage_instances_coexist_and_are_listed(tmp_path: Path):
     run_toy_stage(tmp_path, "crop/mtnet", {"size": 32}, ["n1"], upstream=["ingest"])
     assert stage_status(tmp_path, "augment/mtnet").state == "stale"
     assert stage_status(tmp_path, "crop/mtcnn").state == "up to date"
+
+
+def test_provenance_attributes_are_named_as_documented(tmp_path: Path):
+    with StageRun(tmp_path, StageSpec("toy", 1, {"a": 1})) as run:
+        run.start(n_items=0)
+        attrs = run.provenance().as_attrs()
+    assert set(attrs) == {"nodulekit_stage", "nodulekit_fingerprint", "nodulekit_params_json",
+                          "nodulekit_upstream_json", "nodulekit_version", "nodulekit_created_utc"}
+    assert json.loads(attrs["nodulekit_params_json"]) == {"a": 1}
