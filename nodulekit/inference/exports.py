@@ -21,11 +21,13 @@ succeeded (:mod:`nodulekit.inference.infer`), so these writers do not need to be
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import logging
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -99,8 +101,10 @@ def write_dicom_seg(path: Path, labels_zyx: np.ndarray, scan: Scan, segment_labe
         segmented_property_type=hd.sr.CodedConcept("27925004", "SCT", "Nodule"),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm)
         for i, label in enumerate(segment_labels, start=1)]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # single-component person names, empty frames
+    with warnings.catch_warnings(), _quiet_logger("highdicom"):
+        # single-component person names; "Encoding an empty image ..." when no nodule has a mask
+        # (results.csv and the CLI already say so per nodule)
+        warnings.simplefilter("ignore", UserWarning)
         seg = hd.seg.Segmentation(
             source_images=sources, pixel_array=np.ascontiguousarray(labels_zyx),
             segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=segments,
@@ -110,6 +114,18 @@ def write_dicom_seg(path: Path, labels_zyx: np.ndarray, scan: Scan, segment_labe
             series_description=description[:64], content_label="NODULES")
     seg.save_as(str(path))
     return Path(path)
+
+
+@contextlib.contextmanager
+def _quiet_logger(name: str) -> Iterator[None]:
+    """Only errors from the logger ``name`` (and its children) inside the block."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 # -- tables ----------------------------------------------------------------------------------------

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -84,6 +85,16 @@ def test_dicom_seg_references_the_series(tmp_path, scan):
     volume = seg.get_volume(combine_segments=True)
     assert np.array_equal(np.unique(volume.array), [0, 1, 2])
     assert int((volume.array == 1).sum()) == int((labels == 1).sum())
+
+
+def test_dicom_seg_of_empty_masks_logs_nothing(tmp_path, scan, caplog):
+    labels, _ = labelled(scan)
+    with caplog.at_level("WARNING"):
+        path = exports.write_dicom_seg(tmp_path / "seg.dcm", np.zeros_like(labels), scan, ["nodule 1"],
+                                       description="nodulekit test", software_version="0.1.0")
+    assert pydicom.dcmread(path).Modality == "SEG"
+    assert not [r for r in caplog.records if r.name.startswith("highdicom")]
+    assert logging.getLogger("highdicom").level == logging.NOTSET  # restored
 
 
 def test_tables_and_columns(tmp_path, scan):
