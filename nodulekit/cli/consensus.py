@@ -23,7 +23,9 @@ def consensus_label(
     max_spacing: Annotated[Optional[float], typer.Option("--max-spacing", help="Custom rule: slice spacing <= mm.")] = None,
     diameter_mm: Annotated[Optional[tuple[float, float]], typer.Option(
         "--diameter-mm", help="Custom rule: diameter range in mm, e.g. 3 25.")] = None,
-    label: Annotated[Optional[str], typer.Option("--label", help="Custom rule: characteristic to label.")] = None,
+    label: Annotated[Optional[str], typer.Option(
+        "--label", help="Custom rule: characteristic to label (binary, with --benign/--malignant), or texture3 "
+                        "(texture as 3 classes: 1-2 non-solid, >2 to <4 part-solid, 4-5 solid).")] = None,
     benign: Annotated[Optional[str], typer.Option("--benign", help="Custom label 0 range, e.g. 1-2 or <3.")] = None,
     malignant: Annotated[Optional[str], typer.Option("--malignant", help="Custom label 1 range, e.g. 4-5.")] = None,
     workdir: WorkdirOption = DEFAULT_WORKDIR,
@@ -34,7 +36,11 @@ def consensus_label(
     Outputs: WORKDIR/labels/nodules.csv and cohorts.md; in WORKDIR/consensus-label/: nodules.h5
     (masks), report.json, and the same nodules.csv and cohorts.md.
 
-    Example: nodulekit consensus-label --cohort mtcnn --folds 10 --seed 1
+    Every run also writes label_luna16_texture (texture as 3 classes: 0 non-solid, 1 part-solid, 2 solid);
+    --label texture3 --cohort custom makes the custom cohort's label texture and stratifies the folds by it.
+
+    Example: nodulekit consensus-label --cohort mtcnn --folds 10 --seed 1 ;
+    nodulekit consensus-label --min-readers 3 --label texture3 --cohort custom
     """
     from nodulekit.labels.cohorts import CustomRule
     from nodulekit.stages.consensus import ConsensusParams, consensus_label as run_stage

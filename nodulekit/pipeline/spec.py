@@ -26,7 +26,7 @@ STAGE_ORDER: tuple[str, ...] = (
 #: so existing outputs show as stale and rerun.
 CODE_VERSIONS: dict[str, int] = {
     "ingest": 1,
-    "consensus-label": 2,  # 2: nodules.csv and cohorts.md also published to WORKDIR/labels/
+    "consensus-label": 3,  # 2: nodules.csv, cohorts.md published to WORKDIR/labels/; 3: label_luna16_texture
     "crop": 1,
     "augment": 1,
     "train": 1,

@@ -11,7 +11,8 @@ volume stores ``WORKDIR/ingest/volumes/<series_uid>.h5``; writes, in ``WORKDIR/c
 - ``summary.json``: patches per fold and label, the nodules left out, the missing images.
 
 Which nodules: those of ``cohort_<cohort>`` (``all``: every nodule); their primary label is the
-cohort's first ``label_<cohort>_*`` column (-1 when the cohort has none, e.g. luna16).
+cohort's primary label column (:func:`nodulekit.labels.cohorts.cohort_primary_label`; -1 when the
+cohort has none, e.g. luna16, whose ``label_luna16_texture`` is an extra label).
 
 Missing images (an ``--annotations-only`` ingest, or scans not downloaded): cohort nodules
 whose scan has no volume store are left out and listed (series, patient, missing file) in the
@@ -34,6 +35,7 @@ from nodulekit.errors import NodulekitError
 from nodulekit.io import nodule_store
 from nodulekit.io.patch_store import PatchGeometryInfo, open_patch_store, write_patch_store
 from nodulekit.io.stores import volume_path
+from nodulekit.labels.cohorts import cohort_primary_label
 from nodulekit.patches.crop import NoduleInput, crop_scan
 from nodulekit.patches.presets import ALL_NODULES, CropGeometry
 from nodulekit.patches.views import VIEW_NAMES
@@ -164,8 +166,7 @@ def select_cohort(rows: list[dict[str, Any]], columns: list[str],
         known = [c[len("cohort_"):] for c in columns if c.startswith("cohort_")]
         raise NodulekitError(f"--cohort {cohort!r}: the nodule store has no column cohort_{cohort}; choose one of "
                              f"{', '.join(known + [ALL_NODULES])} (custom cohorts come from consensus-label's flags)")
-    labels = [c for c in columns if c.startswith(f"label_{cohort}_")]
-    return [r for r in rows if bool(r[f"cohort_{cohort}"])], (labels[0] if labels else None)
+    return [r for r in rows if bool(r[f"cohort_{cohort}"])], cohort_primary_label(cohort, columns)
 
 
 def parse_bbox(text: str) -> np.ndarray:

@@ -17,7 +17,8 @@ provide"):
   feeds all the tasks it trains, named ``"+".join(tasks)`` (dgnet ``seg+nodule``, msunet
   ``seg+malignancy+...``). A stream of one classification task keeps the labelled patches only
   (label != -1); any other stream keeps every selected patch (losses skip labels of -1;
-  ``data.require_label`` still applies).
+  ``data.require_label`` still applies). A label column with a class the task's output does
+  not have (a 3-class column, a 2-class head) stops before training (:func:`check_label_classes`).
 - Targets of a batch: ``spec.targets(batch)`` for the tasks it returns, the defaults above for
   the others. Inputs: ``model.batch_inputs(batch)`` when the module has it, else
   ``{"image": batch["image"]}``; ``model(**inputs, outputs=[...])`` when ``forward`` accepts
@@ -128,12 +129,48 @@ def stream_datasets(spec: Any, config: Mapping[str, Any], workdir: Path, fold: i
     """Training and validation datasets per stream (identical selections share one dataset)."""
     cache: dict[str, tuple[PatchDataset, PatchDataset | None]] = {}
     train, val = {}, {}
+    streams = data_streams(spec, config)
     for stream, params in stream_params(spec, config, workdir).items():
         key = repr(params)
         if key not in cache:
             cache[key] = split_datasets(params, fold)
         train[stream], val[stream] = cache[key]  # type: ignore[assignment]
+        check_label_classes(spec, config, streams[stream], [d for d in cache[key] if d is not None])
     return train, (None if fold is None else val)  # type: ignore[return-value]
+
+
+def output_classes(spec: Any, config: Mapping[str, Any]) -> dict[str, int]:
+    """``{classification task: classes}`` of the outputs (binary logits ``(B,)``: 2; ``(B, ..., C)``: C)."""
+    kinds = task_kinds(spec)
+    shapes = spec.output_shapes(config, 1, tuple(spec.geometry.patch_shape_px))
+    out: dict[str, int] = {}
+    for name, shape in shapes.items():
+        task = spec.outputs[name].task if name in spec.outputs else None
+        if task is not None and kinds.get(task) == "cls":
+            n = 2 if len(shape) == 1 else int(shape[-1])
+            out[task] = min(out.get(task, n), n)
+    return out
+
+
+def check_label_classes(spec: Any, config: Mapping[str, Any], tasks: Iterable[str],
+                        datasets: Iterable[PatchDataset]) -> None:
+    """A one-line error when a label column holds a class the model has no output for (e.g. the
+    3-class ``label_luna16_texture`` with ``model.n_classes = 2``), instead of a cross-entropy
+    index error mid-training. Models with their own ``targets`` hook are not checked."""
+    if getattr(spec, "targets", None) is not None:
+        return
+    classes = output_classes(spec, config)
+    for task in tasks:
+        if task not in classes:
+            continue
+        for dataset in datasets:
+            labels = dataset.labels.get(task, dataset.labels["label"])
+            top = int(labels.max(initial=-1))
+            if top >= classes[task]:
+                column = dataset.labels_by_name.get(task, dataset.label_column)
+                raise NodulekitError(f"label column {column!r} has class {top}, but {spec.name}'s '{task}' output has "
+                                     f"{classes[task]} classes; give the model {top + 1} or more (cascade: --set "
+                                     f"model.n_classes={top + 1})")
 
 
 # -- phases ---------------------------------------------------------------------------------------

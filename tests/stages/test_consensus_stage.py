@@ -12,6 +12,7 @@ import pytest
 
 from nodulekit.io import nodule_store, pylidc_db
 from nodulekit.io.reads import CHARACTERISTICS
+from nodulekit.labels.cohorts import CustomRule
 from nodulekit.pipeline import StageRun, StageSpec, read_manifest, stage_status
 from nodulekit.pipeline.run import upstream_fingerprints
 from nodulekit.stages import consensus as consensus_stage
@@ -206,6 +207,41 @@ def test_aggregate_columns_from_per_reader_values(subset_workdir, how):
     assert differs_from_median > 0  # the data can tell this aggregate from the median
 
 
+def _texture_class(texture: str) -> str:
+    """docs/labels.md: aggregated texture 1-2 -> 0 non-solid, >2 to <4 -> 1 part-solid, 4-5 -> 2 solid."""
+    if texture == "":
+        return "-1"
+    value = float(texture)
+    return "0" if value <= 2 else "1" if value < 4 else "2"
+
+
+@pytest.mark.parametrize("how", ["median", "mean"])
+def test_luna16_texture_has_three_classes_from_the_aggregated_rating(subset_workdir, how):
+    result = consensus_label(subset_workdir, ConsensusParams(aggregate=how, cohort="luna16"))
+    rows = _rows(subset_workdir)
+    assert {r["label_luna16_texture"] for r in rows} <= {"-1", "0", "1", "2"}
+    assert {r["label_luna16_texture"] for r in rows} >= {"0", "1", "2"}  # the subset has all three
+    for row in rows:
+        assert row["label_luna16_texture"] == _texture_class(row["texture"]), (row["nodule_id"], row["texture"])
+        assert row["label"] == "-1"  # texture is luna16's extra label, not its primary label
+    members = [r for r in rows if r["cohort_luna16"] == "True"]
+    counts = Counter(r["label_luna16_texture"] for r in members)
+    assert result.summary["presets"]["luna16"]["labels"] == {"label_luna16_texture": dict(sorted(counts.items()))}
+    assert result.summary["presets"]["luna16"]["primary_label"] is None
+    for preset in ("mtcnn", "mtnet", "msunet"):  # the binary labels keep their columns
+        assert f"label_{preset}_malignancy" in rows[0]
+
+
+def test_custom_texture3_label_stratifies_the_folds(subset_workdir):
+    custom = CustomRule(min_readers=3, label="texture3")
+    consensus_label(subset_workdir, ConsensusParams(cohort="custom", custom=custom, folds=2))
+    rows = _rows(subset_workdir)
+    members = [r for r in rows if r["in_cohort"] == "True"]
+    assert members and all(r["label"] == r["label_custom_texture"] == r["label_luna16_texture"] != "-1"
+                           for r in members)
+    assert all(r["label"] == "-1" for r in rows if r["in_cohort"] == "False")
+
+
 def _recomputed_presets(row: dict[str, str]) -> dict[str, bool]:
     """The documented rules of docs/labels.md, applied to one CSV row."""
     def num(name):
@@ -253,6 +289,7 @@ def test_whole_database(tmp_path):
             assert row["label"] == ("1" if float(row["malignancy"]) > 3 else "0")
         else:
             assert row["label"] == "-1"
+        assert row["label_luna16_texture"] == _texture_class(row["texture"])  # medians x.5 included
     for name, preset in result.summary["presets"].items():
         assert preset["nodules"] == sum(r[f"cohort_{name}"] == "True" for r in rows)
     assert result.summary["presets"]["luna16"]["nodules"] > 1000  # LUNA16: 1186 in 888 scans

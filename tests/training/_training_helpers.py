@@ -117,10 +117,11 @@ def ddp_worker(ctx: Any, store: Path, config: dict[str, Any], run_dir: Path | No
 # -- stores of a model's geometry (registry-wide smoke tests) -----------------------------------
 def shape_store(path: Path, preset: str, geometry: str, patch_shape: tuple[int, ...], *, n_patients: int = 4,
                 per_patient: int = 2, n_folds: int = 2, empty_every: int = 0, seed: int = 0,
-                label_columns: tuple[str, ...] = ()) -> Path:
+                label_columns: tuple[str, ...] = (), class_columns: dict[str, int] | None = None) -> Path:
     """A store of synthetic discs (2d, 2.5d, views9: one disc per plane) or spheres (3d) whose
     radius follows the label (0/1, alternating); ``empty_every``: every k-th patch is an
-    ``empty`` slice without nodule (dgnet). Each column of ``label_columns`` gets the labels too."""
+    ``empty`` slice without nodule (dgnet). Each column of ``label_columns`` gets the labels too;
+    each ``column: C`` of ``class_columns`` gets ``i % C`` for patch i, -1 (no label) every 5th."""
     rng = np.random.default_rng(seed)
     n = n_patients * per_patient
     images = np.empty((n, *patch_shape), dtype=np.float32)
@@ -139,7 +140,8 @@ def shape_store(path: Path, preset: str, geometry: str, patch_shape: tuple[int, 
         rows.append({"nodule_key": f"s{p}/{i}", "patient_id": f"P{p:03d}", "series_uid": f"s{p}", "nodule_id": i,
                      "fold": p % n_folds, "label": label, "kind": "empty" if empty else "nodule",
                      "slice_offset": 0, "source_spacing_z_mm": 1.0, "source_spacing_y_mm": 0.7,
-                     "source_spacing_x_mm": 0.7, **{column: label for column in label_columns}})
+                     "source_spacing_x_mm": 0.7, **{column: label for column in label_columns},
+                     **{column: -1 if i % 5 == 4 else i % c for column, c in (class_columns or {}).items()}})
     info = PatchGeometryInfo(geometry, tuple(patch_shape), (1.0, 1.0, 1.0), (-1000.0, 400.0), "01", preset, 0.5)
     write_patch_store(path, info, [PatchBatch(images, agreement >= 0.5, agreement, rows)])
     return path

@@ -82,18 +82,20 @@ def test_mtnet_cohort_table_matches_the_consensus_label_cohort() -> None:
 
     cohort, rule = get_spec("mtnet").default_config["cohort"], PRESETS["mtnet"]
     assert tuple(cohort["diameter_mm"]) == rule.diameter_mm
-    label = rule.labels[0]
-    assert (label.negative.lo, label.negative.hi) == tuple(cohort["malignancy_benign"])
-    assert (label.positive.lo, label.positive.hi) == tuple(cohort["malignancy_malignant"])
+    negative, positive = rule.labels[0].classes
+    assert (negative.lo, negative.hi) == tuple(cohort["malignancy_benign"])
+    assert (positive.lo, positive.hi) == tuple(cohort["malignancy_malignant"])
 
 
-def _tiny_run(name: str, workdir: Path, overrides: dict[str, Any] | None = None) -> Any:
+def _tiny_run(name: str, workdir: Path, overrides: dict[str, Any] | None = None,
+              config_overrides: dict[str, Any] | None = None) -> Any:
     spec, tiny = get_spec(name), TINY[name]
     geometry, shape = tiny["store"]
     shape_store(workdir / "crop" / spec.geometry.crop_preset / "patches.h5", spec.geometry.crop_preset, geometry,
-                shape, per_patient=3, empty_every=tiny.get("empty_every", 0), label_columns=tiny.get("columns", ()))
-    config = {**tiny["config"], "model": {**spec.test_overrides, **tiny["config"].get("model", {}),
-                                          **(overrides or {})}}
+                shape, per_patient=3, empty_every=tiny.get("empty_every", 0), label_columns=tiny.get("columns", ()),
+                class_columns={"label_luna16_texture": 3})
+    config = {**tiny["config"], **(config_overrides or {}),
+              "model": {**spec.test_overrides, **tiny["config"].get("model", {}), **(overrides or {})}}
     return train(workdir, name, fold=0, config_overrides=config, epochs=1, max_steps=2, progress=False)
 
 
@@ -127,3 +129,35 @@ def test_tiny_model_trains_into_a_complete_run(name: str, tmp_path: Path):
 def test_cascade_ground_truth_masked_baseline_reads_the_mask(tmp_path: Path):
     result = _tiny_run("cascade", tmp_path, {"mode": "gt_masked"})
     assert result.status == "complete" and [r["phase"] for r in read_log_csv(result.log_csv)] == ["cls"]
+
+
+TEXTURE = {"data": {"label_column": "label_luna16_texture"}}
+
+
+def test_cascade_trains_three_texture_classes_with_unlabelled_patches_left_out(tmp_path: Path):
+    """docs/models.md: --set data.label_column=label_luna16_texture --set model.n_classes=3."""
+    from nodulekit.training.from_spec import stream_datasets
+
+    result = _tiny_run("cascade", tmp_path, {"n_classes": 3}, TEXTURE)
+    assert result.status == "complete" and result.steps == 6
+    rows = read_log_csv(result.log_csv)
+    assert [r["phase"] for r in rows] == ["seg", "cls", "joint"]
+    assert all(float(r["val_cls_loss"]) > 0 for r in rows[1:]) and rows[1]["val_cls_accuracy"] != ""
+    payload = torch.load(result.model_path, weights_only=True)
+    assert payload["model"]["classifier.head.7.weight"].shape[0] == 3  # the last FC block: n_classes
+
+    spec = get_spec("cascade")
+    config = build_config(tmp_path, "cascade", config_overrides={**TEXTURE, "model": {"n_classes": 3}})
+    train_sets, _ = stream_datasets(spec, config, tmp_path, 0)
+    labels = train_sets["cls"].labels["label"]
+    assert set(labels.tolist()) == {0, 1, 2}  # the cls stream drops the -1 rows ...
+    assert -1 in train_sets["seg+cls"].labels["label"].tolist()  # ... the joint stream masks them in the CE
+    assert len(train_sets["cls"]) + int((train_sets["seg+cls"].labels["label"] < 0).sum()) == len(train_sets["seg+cls"])
+
+
+def test_a_three_class_column_needs_three_classes(tmp_path: Path):
+    from nodulekit.errors import NodulekitError
+
+    with pytest.raises(NodulekitError, match="'label_luna16_texture' has class 2, but cascade's 'cls' output has 2 "
+                                             "classes.*model.n_classes=3"):
+        _tiny_run("cascade", tmp_path, config_overrides=TEXTURE)
