@@ -42,7 +42,8 @@ def evaluate(
         raise NodulekitError("give runs with --run (or use --compare RUN_A RUN_B ...)")
     result = run_evaluation(workdir, run=run or None, fold=fold, report=report, params=params)
     if as_json:
-        typer.echo(json.dumps({k: result.metrics[k] for k in ("model", "runs", "folds", "data", "aggregate")}, indent=2))
+        keys = ("model", "runs", "folds", "data", "aggregate", "reader_agreement")
+        typer.echo(json.dumps({k: result.metrics[k] for k in keys if k in result.metrics}, indent=2))
         return
     from nodulekit.evaluation.report import aggregate_lines, paper_column, run_column
 

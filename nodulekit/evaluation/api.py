@@ -6,8 +6,10 @@ Outputs, for one run, in ``WORKDIR/runs/<run>/evaluation/`` (``evaluation/fold-<
 - ``predictions.h5`` (:mod:`nodulekit.evaluation.predictions`), reused when its cache key
   (run.json, config.toml, checkpoint files, patch store, folds, predictor) is unchanged;
 - ``metrics.json``: run and data metadata, settings, ``aggregate`` / ``per_fold`` /
-  ``by_characteristic`` tables with CIs, and every per-patch ``row``. Undefined or infinite
-  values are written as null (strict JSON); a row's ``pred_voxels`` = 0 tells a missed nodule;
+  ``by_characteristic`` tables with CIs, ``reader_agreement`` (paper 003 Table 6, when the
+  store has reader masks: :mod:`nodulekit.evaluation.readers`), and every per-patch ``row``.
+  Undefined or infinite values are written as null (strict JSON); a row's ``pred_voxels`` = 0
+  tells a missed nodule;
 - with ``report=True``: ``report.md`` + ``figures/*.png`` and a self-contained ``report.html``.
 
 Several runs (one per fold of a cross-validation) are pooled: each run's predictions stay in
@@ -35,6 +37,7 @@ from nodulekit.evaluation.figures import GalleryCase
 from nodulekit.evaluation.predictions import cache_key_of, open_predictions, write_predictions
 from nodulekit.evaluation.predictor import (Predictor, PredictorFactory, predictor_for, predictor_identity,
                                             registered_factory)
+from nodulekit.evaluation.readers import add_reader_dice, reader_agreement
 from nodulekit.evaluation.rows import prediction_rows
 from nodulekit.evaluation.runs import RunInfo, load_run, resolve_run, run_key
 from nodulekit.io.patch_store import augmented_flags
@@ -259,6 +262,7 @@ def _score_run(run: RunInfo, folds: tuple[int, ...], predictor: Predictor | Pred
         rows, columns = prediction_rows(pred, store, seg_threshold=params.seg_threshold,
                                         class_threshold=params.class_threshold,
                                         label_columns=_label_columns(run, pred.tasks, pred.provenance))
+        add_reader_dice(rows, pred, store, params.seg_threshold)
         tasks = {t: {"n_classes": n, "truth_column": columns[t]} for t, n in pred.tasks.items()}
         return _ScoredRun(path, reused, rows, tasks, pred.has_seg)
 
@@ -298,8 +302,12 @@ def _metrics_document(workdir: Path, runs: list[RunInfo], folds: list[tuple[int,
     has_seg = any(s.has_seg for s in scored)
     with open_patch_store(runs[0].eval_store) as store:
         data = _data_section(workdir, runs[0], store, rows)
-    tables = build_tables(rows, {t: v["n_classes"] for t, v in tasks.items()}, has_seg,
-                          CISettings(params.n_boot, params.ci, params.seed), params.diameter_bins_mm)
+    ci_settings = CISettings(params.n_boot, params.ci, params.seed)
+    tables = build_tables(rows, {t: v["n_classes"] for t, v in tasks.items()}, has_seg, ci_settings,
+                          params.diameter_bins_mm)
+    readers = reader_agreement(rows, ci_settings)
+    if readers is not None:
+        tables["reader_agreement"] = readers
     settings = {k: v for k, v in asdict(params).items() if k not in ("force", "preview_png")}
     return {"schema": METRICS_SCHEMA, "kind": "nodulekit-evaluation",
             "created_utc": datetime.now(timezone.utc).isoformat(timespec="seconds"), "model": runs[0].model,

@@ -43,6 +43,8 @@ class PaperResult:
     segmentation: dict[str, PaperValue] = field(default_factory=dict)
     classification: dict[str, dict[str, PaperValue]] = field(default_factory=dict)
     by_characteristic: dict[tuple[str, str], dict[str, PaperValue]] = field(default_factory=dict)
+    #: keys of :func:`nodulekit.evaluation.readers.reader_agreement`: model_vs_readers, reader_vs_reader
+    reader_agreement: dict[str, PaperValue] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
 
     @property
@@ -66,6 +68,13 @@ _DGNET = "Zhang et al. 2024, detection-guided multitask network with STD regular
 _MTCNN = "Zhai et al. 2020, MT-CNN, IEEE Access 8:180317 (paper 002)"
 _MSUNET = "Ni et al. 2022, two-stage 3D MU-Net + 2.5D MSU-Net, QIMS 12:292 (paper 003)"
 _CASCADE = "Wang et al. 2021, segmentation-masked 3D cascade, CMIG 88:101814 (paper 004)"
+
+
+def _table6() -> dict[str, PaperValue]:
+    """Paper 003 Table 6: mean DSC of the method against the 4 radiologists and between them (the SD is
+    over the 4 readers / 6 pairs, not over nodules)."""
+    return {"model_vs_readers": PaperValue(0.8290, "Table 6, 'Proposed' AVG", sd=0.0043),
+            "reader_vs_reader": PaperValue(0.8251, "Table 6, inter-radiologist AVG", sd=0.0059)}
 
 
 def _table9() -> dict[tuple[str, str], dict[str, PaperValue]]:
@@ -135,7 +144,7 @@ PAPER_RESULTS: dict[str, tuple[PaperResult, ...]] = {
             "msunet", _MSUNET, LIDC, "5-fold CV (3 train / 1 validation / 1 test fold); 1,561 nodules, >= 2 readers",
             segmentation={"dice": PaperValue(0.8304, "Table 5 (also Table 8)", sd=0.1296),
                           "overlap_error": PaperValue(0.2742, "Table 5 (also Table 8)", sd=0.1427)},
-            classification=_msunet_tasks(), by_characteristic=_table9(),
+            classification=_msunet_tasks(), by_characteristic=_table9(), reader_agreement=_table6(),
             notes=("Inter-reader DSC on the same data: 82.51 +/- 0.59 % (Table 6).",)),
     ),
     "munet3d": (

@@ -2,9 +2,10 @@
 
 Sections: how to read it; run and data; segmentation (table beside the paper's numbers, Dice
 and HD distributions, best / median / worst cases); per-characteristic breakdown (paper 003
-Table 9); classification per task (table beside the paper, ROC, confusion matrix,
-calibration); per fold; definitions. Columns are labelled "this run, <dataset>" and
-"paper, real LIDC-IDRI" (or the paper's own data where it did not use LIDC-IDRI).
+Table 9); reader agreement (paper 003 Table 6, when the store has reader masks); classification
+per task (table beside the paper, ROC, confusion matrix, calibration); per fold; definitions.
+Columns are labelled "this run, <dataset>" and "paper, real LIDC-IDRI" (or the paper's own data
+where it did not use LIDC-IDRI).
 """
 from __future__ import annotations
 
@@ -129,6 +130,8 @@ def aggregate_lines(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str
         out += [("segmentation", *row) for row in segmentation_rows(metrics, aggregate["segmentation"])]
     for task, summary in aggregate["classification"].items():
         out += [(task, *row) for row in classification_rows(metrics, task, summary)]
+    if metrics.get("reader_agreement"):
+        out += [("reader agreement", *row) for row in reader_agreement_tables(metrics)[0].rows]
     return out
 
 
@@ -251,6 +254,66 @@ def _breakdown_section(metrics: Mapping[str, Any]) -> Section | None:
                                             "(orange diamond) where Table 9 has the category.")])
 
 
+def _count_text(entry: Mapping[str, Any] | None) -> str:
+    """How many nodules (and patches, where a nodule has several: 2D / 2.5D) a reader-agreement cell averages."""
+    if not entry:
+        return ""
+    nodules = entry.get("n_nodules", entry["n"])
+    return f"\n{nodules} nodules" if nodules == entry["n"] else f"\n{entry['n']} patches, {nodules} nodules"
+
+
+def reader_agreement_tables(metrics: Mapping[str, Any]) -> list[Table]:
+    """The summary beside paper 003's Table 6 and the per-reader table in Table 6's layout."""
+    agreement = metrics["reader_agreement"]
+    paper = _paper(metrics)
+    values = paper.reader_agreement if paper else {}
+
+    def cell(entry: Mapping[str, Any] | None) -> str:
+        return fmt_entry("dice", entry) + _count_text(entry)
+
+    difference = "–"
+    if "model_vs_readers" in values and "reader_vs_reader" in values:
+        gap = values["model_vs_readers"].value - values["reader_vs_reader"].value
+        difference = ("+" if gap > 0 else "") + fmt_value("dice", gap) + "\n(Table 6, the two averages above)"
+    summary = [["model vs readers (%): each patch's mean over its reads", cell(agreement["model_vs_readers"]),
+                fmt_paper("dice", values.get("model_vs_readers"))],
+               ["reader vs reader (%): each patch's mean over its pairs of reads",
+                cell(agreement["reader_vs_reader"]), fmt_paper("dice", values.get("reader_vs_reader"))],
+               ["model minus reader vs reader (%), the same patches", cell(agreement["model_minus_reader_vs_reader"]),
+                difference]]
+    caption = (f"Dice (%) per patch as in the segmentation table (a patch is a nodule in cube stores, a slice or "
+               f"slab in 2D / 2.5D stores), mean with {int(100 * metrics['settings']['ci'])}% patient-bootstrap CI; "
+               f"{agreement['n_nodules']} nodules have reader masks, {agreement['n_nodules_single_read']} of them a "
+               "single read (counted in the model row only). Paper values: mean ± SD over its 4 readers (model) or "
+               "6 reader pairs, not over nodules.")
+    readers = agreement["readers"]
+    per_reader = [[name, *("–" if other == name else cell(_pair(agreement, name, other)) for other in readers),
+                   cell(agreement["reader_vs_others"][name])] for name in readers]
+    per_reader.append(["model", *(cell(agreement["model_vs_reader"][name]) for name in readers),
+                       cell(agreement["model_vs_readers"])])
+    layout = ("Paper 003 Table 6 layout: reader pairs, and the model against each reader. R1 is each nodule's "
+              "first read, R2 its second, ... (LIDC readers are anonymous and their order differs between "
+              "scans, so a column pools reads, not one radiologist). Last column: against the nodule's other "
+              "reads / all its reads.")
+    return [Table(["", run_column(metrics), _paper_column(paper)], summary, caption),
+            Table(["Dice (%)", *readers, "mean"], per_reader, layout)]
+
+
+def _pair(agreement: Mapping[str, Any], a: str, b: str) -> Mapping[str, Any] | None:
+    pairs = agreement["reader_pairs"]
+    return pairs.get(f"{a}-{b}") or pairs.get(f"{b}-{a}")
+
+
+def _reader_section(metrics: Mapping[str, Any]) -> Section | None:
+    if not metrics.get("reader_agreement"):
+        return None
+    explain = ("How the model's masks agree with each radiologist's own outline, beside how the radiologists agree "
+               "with each other on the same nodules (paper 003 Table 6): a model whose Dice against the readers "
+               "matches the readers' Dice against each other agrees with a reader about as well as another reader "
+               "does.")
+    return Section("Reader agreement", [Paragraph(explain), *reader_agreement_tables(metrics)])
+
+
 def _task_arrays(rows: Sequence[Mapping[str, Any]], task: str) -> tuple[np.ndarray, np.ndarray]:
     labelled = [r for r in rows if r.get(f"{task}_truth") is not None]
     return (np.array([r[f"{task}_truth"] for r in labelled], dtype=np.int64),
@@ -329,6 +392,9 @@ def build_sections(metrics: Mapping[str, Any], gallery: Sequence[fig.GalleryCase
         breakdown = _breakdown_section(metrics)
         if breakdown:
             sections.append(breakdown)
+        readers = _reader_section(metrics)
+        if readers:
+            sections.append(readers)
     classification = _classification_section(metrics, rows)
     if classification:
         sections.append(classification)

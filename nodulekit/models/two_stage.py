@@ -22,23 +22,18 @@ into the trained 2.5D MSU-Net"), as pure tensor functions:
 The cube (``munet3d`` preset) and the slabs (``msunet`` preset) share the grid (1 mm, centred on
 the nodule, 64x64 in-plane) and the intensity window, so slabs are cut from the cube directly.
 
-Reader agreement (Table 6): :func:`reader_dice` (one nodule) and :func:`reader_agreement_table`
-(many): the model's Dice against each reader and the readers' Dice against each other, with
-:func:`nodulekit.metrics.dice`.
+Reader agreement (Table 6) is part of every evaluation whose patch store has reader masks:
+:mod:`nodulekit.evaluation.readers`.
 """
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from itertools import combinations
-from typing import Any
 
-import numpy as np
 import torch
 
 from nodulekit.errors import NodulekitError
-from nodulekit.metrics import dice
 
 Refine = Callable[[torch.Tensor], Mapping[str, torch.Tensor]]
 
@@ -199,60 +194,3 @@ def coarse_probabilities(model: torch.nn.Module, cubes: torch.Tensor, batch_size
     out = [torch.sigmoid(model(chunk[:, None].to(device=device, dtype=torch.float32))["seg"])[:, 0].cpu()
            for chunk in cubes.split(batch_size)]
     return torch.cat(out)
-
-
-# -- reader agreement, Table 6 ------------------------------------------------------------------
-
-def reader_dice(pred: Any, readers: Mapping[str, Any]) -> dict[str, Any]:
-    """Dice of one nodule's binary prediction against each reader, and between readers (Table 6).
-
-    ``pred``: a binary mask; ``readers``: reader id -> that reader's binary mask, same shape.
-    Returns ``model_vs_reader`` {id: Dice}, ``reader_vs_reader`` {(id_a, id_b): Dice} (ids in
-    the order given), and their means ``mean_model_vs_reader`` / ``mean_reader_vs_reader``
-    (NaN with no reader / fewer than 2 readers).
-    """
-    pred = np.asarray(pred).astype(bool)
-    masks = {rid: np.asarray(mask).astype(bool) for rid, mask in readers.items()}
-    vs_model = {rid: dice(pred, mask) for rid, mask in masks.items()}
-    pairs = {(a, b): dice(masks[a], masks[b]) for a, b in combinations(masks, 2)}
-    return {"model_vs_reader": vs_model, "reader_vs_reader": pairs,
-            "mean_model_vs_reader": _mean(vs_model.values()),
-            "mean_reader_vs_reader": _mean(pairs.values())}
-
-
-def reader_agreement_table(nodules: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
-    """Table 6 over nodules (each a :func:`reader_dice` result).
-
-    Returns ``model_vs_reader`` {id: mean Dice over the nodules that reader marked} and their
-    ``model_avg`` / ``model_std`` (Table 6's "Proposed" row); ``reader_vs_reader`` {(a, b): mean
-    Dice over the nodules both marked} and ``readers_avg`` / ``readers_std`` over the pairs
-    (Table 6's inter-radiologist value); ``nodule_model_vs_reader`` / ``nodule_reader_vs_reader``:
-    the means over nodules of each nodule's mean; ``n_nodules``. Readers' ids should be stable
-    across nodules (LIDC servicingRadiologistID); std is the population std (NaN when empty).
-    """
-    per_reader: dict[str, list[float]] = {}
-    per_pair: dict[tuple[str, str], list[float]] = {}
-    nodule_model, nodule_readers = [], []
-    for item in nodules:
-        for rid, value in item["model_vs_reader"].items():
-            per_reader.setdefault(rid, []).append(value)
-        for pair, value in item["reader_vs_reader"].items():
-            per_pair.setdefault(tuple(sorted(pair)), []).append(value)
-        nodule_model.append(item["mean_model_vs_reader"])
-        nodule_readers.append(item["mean_reader_vs_reader"])
-    model = {rid: _mean(values) for rid, values in sorted(per_reader.items())}
-    pairs = {pair: _mean(values) for pair, values in sorted(per_pair.items())}
-    return {"model_vs_reader": model, "model_avg": _mean(model.values()), "model_std": _std(model.values()),
-            "reader_vs_reader": pairs, "readers_avg": _mean(pairs.values()), "readers_std": _std(pairs.values()),
-            "nodule_model_vs_reader": _mean(nodule_model), "nodule_reader_vs_reader": _mean(nodule_readers),
-            "n_nodules": len(nodule_model)}
-
-
-def _mean(values: Iterable[float]) -> float:
-    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
-    return float(arr.mean()) if arr.size else math.nan
-
-
-def _std(values: Iterable[float]) -> float:
-    arr = np.asarray([v for v in values if not math.isnan(v)], dtype=np.float64)
-    return float(arr.std()) if arr.size else math.nan

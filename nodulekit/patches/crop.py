@@ -20,6 +20,13 @@ CT: linear resampling, -1024 HU outside the scan, then the HU window and normali
 Masks: the agreement map resampled linearly (0 outside its frame), thresholded at the nodule's
 ``clevel`` (``agreement >= clevel - 1e-6``, the tolerance absorbing float error of the
 interpolation weights), so masks stay consistent with the consensus level.
+Reader masks (``reader_masks``, one per read of the nodule, for paper 003's Table 6): each
+read's 0/1 mask resampled exactly as the agreement map (same grid, same linear interpolation,
+the same nine views, the same slab slices) and thresholded at 0.5 with the same tolerance
+(:func:`nodulekit.io.patch_store.reader_mask`). Linear-then-0.5 rather than nearest neighbour:
+it is the consensus rule applied to one read, so where the reads agree every reader mask equals
+the consensus mask at clevel 0.5, and a model's Dice against a reader and against the consensus
+carry the same resampling. ``empty`` slices get empty reader masks, like their agreement.
 """
 from __future__ import annotations
 
@@ -31,14 +38,12 @@ from typing import Any, Sequence
 import numpy as np
 
 from nodulekit.io.nodule_store import NoduleRecord
-from nodulekit.io.patch_store import PatchBatch
+from nodulekit.io.patch_store import FILL_HU, MASK_TOL, READER_COUNT_COLUMN, PatchBatch, pad_readers, reader_mask
 from nodulekit.io.reads import CHARACTERISTICS
-from nodulekit.io.patch_store import FILL_HU, MASK_TOL
 from nodulekit.patches.presets import CropGeometry
 from nodulekit.patches.resample import Grid, VoxelSource, sample
 from nodulekit.patches.views import nine_views
 
-#: Float tolerance of the mask threshold (interpolation weights at grid points are not exact).
 #: Nodule-table columns copied into every patch row, besides ``cohort_*`` and ``label_*``.
 CARRIED_COLUMNS = ("diameter_mm", "volume_mm3", "n_readers", "slice_thickness_mm", "regular_z",
                    "ambiguous_group", *CHARACTERISTICS)
@@ -86,6 +91,31 @@ def agreement_source(record: NoduleRecord, scan_grid: Grid) -> VoxelSource:
                                   scan_grid.spacing_zyx_mm, 0.0)
 
 
+def n_reads(record: NoduleRecord) -> int:
+    """Reads with a mask in the record (0 when it carries none)."""
+    masks = np.asarray(record.reader_masks)
+    if masks.ndim != 4 or not len(masks):
+        return 0
+    if masks.shape[1:] != np.shape(record.agreement):
+        raise ValueError(f"nodule {record.series_uid}/{record.nodule_id}: reader masks {masks.shape[1:]} and "
+                         f"agreement {np.shape(record.agreement)} are not in one frame")
+    return int(len(masks))
+
+
+def label_sources(record: NoduleRecord, scan_grid: Grid) -> list[VoxelSource]:
+    """The agreement map, then each read's 0/1 mask (same frame, 0 outside), as sources to sample."""
+    origin = scan_grid.index_to_mm(np.asarray(record.bbox_zyx)[:, 0])
+    readers = [VoxelSource.from_array(np.asarray(m, dtype=np.float32), origin, scan_grid.spacing_zyx_mm, 0.0)
+               for m in np.asarray(record.reader_masks)[:n_reads(record)]]
+    return [agreement_source(record, scan_grid), *readers]
+
+
+def sample_labels(record: NoduleRecord, scan_grid: Grid, grid: Grid) -> np.ndarray:
+    """Agreement and read masks sampled on ``grid``: float32 (1 + reads, *grid.shape_zyx), channel 0
+    the agreement."""
+    return np.stack([sample(source, grid) for source in label_sources(record, scan_grid)])
+
+
 def nodule_patches(scan: VoxelSource, nodule: NoduleInput, geometry: CropGeometry,
                    avoid_boxes_zyx: Sequence[np.ndarray] = ()) -> PatchBatch:
     """All patches of one nodule (see the module docstring); empty batch for an empty consensus.
@@ -106,15 +136,19 @@ def nodule_patches(scan: VoxelSource, nodule: NoduleInput, geometry: CropGeometr
 
 def empty_batch(geometry: CropGeometry) -> PatchBatch:
     shape = (0, *geometry.patch_shape)
-    return PatchBatch(np.zeros(shape, np.float32), np.zeros(shape, bool), np.zeros(shape, np.float32), [])
+    return PatchBatch(np.zeros(shape, np.float32), np.zeros(shape, bool), np.zeros(shape, np.float32), [],
+                      np.zeros((0, 0, *geometry.patch_shape), bool))
 
 
 def concat_batches(batches: Sequence[PatchBatch], geometry: CropGeometry) -> PatchBatch:
+    """One batch of several; reader masks padded to the most reads of any of them."""
     batches = [b for b in batches if len(b)]
     if not batches:
         return empty_batch(geometry)
+    n_slots = max(b.reader_masks.shape[1] for b in batches if b.reader_masks is not None)
+    readers = np.concatenate([pad_readers(b.reader_masks, n_slots) for b in batches if b.reader_masks is not None])
     return PatchBatch(np.concatenate([b.images for b in batches]), np.concatenate([b.masks for b in batches]),
-                      np.concatenate([b.agreement for b in batches]), [r for b in batches for r in b.rows])
+                      np.concatenate([b.agreement for b in batches]), [r for b in batches for r in b.rows], readers)
 
 
 # -- rows ---------------------------------------------------------------------------------------
@@ -145,18 +179,23 @@ def _cube_patch(scan: VoxelSource, nodule: NoduleInput, geometry: CropGeometry, 
     assert geometry.spacing_zyx_mm is not None
     grid = Grid.centred(centre_mm, (n, n, n), geometry.spacing_zyx_mm)
     hu = sample(scan, grid)
-    agreement = sample(agreement_source(nodule.record, scan.grid), grid)
+    labels = sample_labels(nodule.record, scan.grid, grid)
     if geometry.geometry == "views9":
         hu = nine_views(hu, geometry.views_sampling).astype(np.float32)
-        agreement = nine_views(agreement, geometry.views_sampling).astype(np.float32)
+        labels = np.stack([nine_views(channel, geometry.views_sampling) for channel in labels]).astype(np.float32)
     row = patch_row(nodule, scan.grid, kind="nodule", slice_offset=0, centre_zyx_mm=grid.centre_zyx_mm)
-    return _batch([window_hu(hu, geometry.hu_window, geometry.normalize)], [agreement], nodule.record.clevel, [row])
+    return _batch([window_hu(hu, geometry.hu_window, geometry.normalize)], [labels], nodule.record.clevel, [row])
 
 
-def _batch(images: list[np.ndarray], agreements: list[np.ndarray], clevel: float,
+def _batch(images: list[np.ndarray], labels: list[np.ndarray], clevel: float,
            rows: list[dict[str, Any]]) -> PatchBatch:
-    agreement = np.stack(agreements).astype(np.float32)
-    return PatchBatch(np.stack(images).astype(np.float32), consensus_mask(agreement, clevel), agreement, rows)
+    """Patches from images and label stacks (1 + reads, *patch_shape): agreement, then the read masks."""
+    stacked = np.stack(labels).astype(np.float32)
+    agreement = np.ascontiguousarray(stacked[:, 0])
+    for row in rows:
+        row[READER_COUNT_COLUMN] = int(stacked.shape[1] - 1)
+    return PatchBatch(np.stack(images).astype(np.float32), consensus_mask(agreement, clevel), agreement, rows,
+                      reader_mask(stacked[:, 1:]))
 
 
 # -- 2d slices ------------------------------------------------------------------------------------
@@ -191,18 +230,18 @@ def _slice_patches(scan: VoxelSource, nodule: NoduleInput, geometry: CropGeometr
     wanted = sorted(set(nodule_k) | set(empty_k))
     grid = _slice_grid(scan.grid, wanted[0], wanted[-1], centre_mm, geometry.size, geometry.spacing_zyx_mm)
     hu = window_hu(sample(scan, grid), geometry.hu_window, geometry.normalize)
-    agreement = sample(agreement_source(rec, scan.grid), grid)
+    labels = sample_labels(rec, scan.grid, grid)
     centre_yx = grid.centre_zyx_mm[1:]
-    images, agreements, rows = [], [], []
+    images, slice_labels, rows = [], [], []
     for kind, ks in (("nodule", nodule_k), ("empty", empty_k)):
         for k in ks:
             i = k - wanted[0]
             z_mm = grid.index_to_mm((i, 0, 0))[0]
             images.append(hu[i])
-            agreements.append(agreement[i] if kind == "nodule" else np.zeros_like(agreement[i]))
+            slice_labels.append(labels[:, i] if kind == "nodule" else np.zeros_like(labels[:, i]))
             rows.append(patch_row(nodule, scan.grid, kind=kind, slice_offset=k - centre_k,
                                   centre_zyx_mm=(z_mm, *centre_yx), label=None if kind == "nodule" else -1))
-    return _batch(images, agreements, rec.clevel, rows)
+    return _batch(images, slice_labels, rec.clevel, rows)
 
 
 def _window_box_yx(scan_grid: Grid, grid: Grid) -> np.ndarray:
@@ -248,29 +287,30 @@ def _slab_patches(scan: VoxelSource, nodule: NoduleInput, geometry: CropGeometry
     block = Grid((float(centre_mm[0] + k_min * dz), *column.origin_zyx_mm[1:]), geometry.spacing_zyx_mm,
                  (k_max - k_min + 1, n, n))
     hu = sample(scan, block)
-    agreement = sample(agreement_source(rec, scan.grid), block)
-    roi = np.flatnonzero(consensus_mask(agreement, rec.clevel).any(axis=(1, 2)))
+    labels = sample_labels(rec, scan.grid, block)
+    roi = np.flatnonzero(consensus_mask(labels[0], rec.clevel).any(axis=(1, 2)))
     if len(roi) >= depth:
         starts = list(range(int(roi[0]), int(roi[-1]) - depth + 2, geometry.slab_stride))
         if starts[-1] + depth - 1 < roi[-1]:
             starts.append(int(roi[-1]) - depth + 1)
-        slabs = [(hu[s:s + depth], agreement[s:s + depth], block.shifted((s, 0, 0), (depth, n, n)), k_min + s)
+        slabs = [(hu[s:s + depth], labels[:, s:s + depth], block.shifted((s, 0, 0), (depth, n, n)), k_min + s)
                  for s in starts]
     else:
         slabs = [_interpolated_slab(scan, rec, block, roi, depth, centre_mm, dz)]
-    images, agreements, rows = [], [], []
-    for slab_hu, slab_agreement, grid, offset in slabs:
+    images, slab_labels, rows = [], [], []
+    for slab_hu, labels_of_slab, grid, offset in slabs:
         images.append(window_hu(slab_hu, geometry.hu_window, geometry.normalize))
-        agreements.append(slab_agreement)
+        slab_labels.append(labels_of_slab)
         row = patch_row(nodule, scan.grid, kind="nodule", slice_offset=offset, centre_zyx_mm=grid.centre_zyx_mm)
         row["slab_spacing_z_mm"] = float(grid.spacing_zyx_mm[0])
         rows.append(row)
-    return _batch(images, agreements, rec.clevel, rows)
+    return _batch(images, slab_labels, rec.clevel, rows)
 
 
 def _interpolated_slab(scan: VoxelSource, rec: NoduleRecord, block: Grid, roi: np.ndarray, depth: int,
                        centre_mm: np.ndarray, dz: float) -> tuple[np.ndarray, np.ndarray, Grid, int]:
-    """Fewer ROI slices than ``depth``: their z extent (each slice +-dz/2) resampled to ``depth`` slices."""
+    """Fewer ROI slices than ``depth``: their z extent (each slice +-dz/2) resampled to ``depth`` slices
+    (CT, and the label stack of :func:`sample_labels`)."""
     if len(roi):
         lo = block.index_to_mm((int(roi[0]), 0, 0))[0] - dz / 2
         hi = block.index_to_mm((int(roi[-1]), 0, 0))[0] + dz / 2
@@ -280,7 +320,7 @@ def _interpolated_slab(scan: VoxelSource, rec: NoduleRecord, block: Grid, roi: n
     grid = Grid((float(lo + step / 2), *block.origin_zyx_mm[1:]),
                 (float(step), *block.spacing_zyx_mm[1:]), (depth, *block.shape_zyx[1:]))
     offset = int(round((grid.origin_zyx_mm[0] - centre_mm[0]) / dz))
-    return sample(scan, grid), sample(agreement_source(rec, scan.grid), grid), grid, offset
+    return sample(scan, grid), sample_labels(rec, scan.grid, grid), grid, offset
 
 
 # -- one scan ------------------------------------------------------------------------------------

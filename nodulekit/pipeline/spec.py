@@ -27,10 +27,10 @@ STAGE_ORDER: tuple[str, ...] = (
 CODE_VERSIONS: dict[str, int] = {
     "ingest": 1,
     "consensus-label": 3,  # 2: nodules.csv, cohorts.md published to WORKDIR/labels/; 3: label_luna16_texture
-    "crop": 1,
-    "augment": 1,
+    "crop": 2,  # 2: per-reader masks on the patch grid (/reader_masks, column n_reader_masks)
+    "augment": 2,  # 2: originals keep the crop store's reader masks
     "train": 1,
-    "evaluate": 1,
+    "evaluate": 2,  # 2: reader agreement (paper 003 Table 6) in metrics.json and the report
 }
 
 FINGERPRINT_CHARS = 20

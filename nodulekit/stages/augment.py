@@ -11,6 +11,11 @@ Reads ``WORKDIR/crop/<preset>/patches.h5`` and writes, in ``WORKDIR/augment/<pre
   ``augmentation`` (JSON of the applied op parameters, ``{}`` for an original);
 - ``report.json``: the resolved recipe, patches per fold, originals and copies.
 
+Reader masks (``/reader_masks``, when the crop store has them): originals keep theirs; copies
+carry none (all-False rows, ``n_reader_masks`` 0). Readers only serve the evaluation's
+reader-agreement table, which scores originals only, so transforming them would cost space for
+nothing.
+
 Which folds get copies (the argument is in :func:`nodulekit.patches.augment.split_by_fold`): every
 fold except ``held_out_folds`` (``--val-fold``) gets copies, each keeping its source's fold and
 patient; originals of every fold are kept untouched. A run validating on fold k trains on the rows
@@ -32,7 +37,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from nodulekit.errors import InputFileError, NodulekitError
-from nodulekit.io.patch_store import PatchBatch, PatchStore, open_patch_store, write_patch_store
+from nodulekit.io.patch_store import (ARRAYS, READER_ARRAY, READER_COUNT_COLUMN, PatchBatch, PatchStore,
+                                      open_patch_store, write_patch_store)
 from nodulekit.patches.augment import (RECIPES, PatchArrays, PatchLayout, Recipe, air_value, apply_copy,
                                        augmentation_json, check_recipe, intensity_range, patch_layout, patch_rng,
                                        recipe_for_preset, resolve_recipe, sample_copy)
@@ -136,7 +142,8 @@ def augment(workdir: Path, params: AugmentParams, *, force: bool = False,
             layout, value_range = store_layout(source)
             check_recipe(recipe, layout)
             _check_folds(source, params.held_out_folds)
-            patch_bytes = int(np.prod(source.info.patch_shape)) * 9  # float32 image + agreement, bool mask
+            # float32 image + agreement, bool mask (+ bool reader masks, originals only)
+            patch_bytes = int(np.prod(source.info.patch_shape)) * (9 + 4 * source.has_reader_masks)
             chunks = chunk_ranges(len(source), patch_bytes, recipe.factor)
             if not run.resuming and (run.dir / PARTS_DIR).exists():
                 shutil.rmtree(run.dir / PARTS_DIR)
@@ -172,11 +179,12 @@ def _part_path(run: StageRun, chunk: range) -> Path:
 
 def augment_chunk(source: PatchStore, chunk: range, recipe: Recipe, layout: PatchLayout, value_range: float,
                   params: AugmentParams) -> PatchBatch:
-    """The originals of ``chunk`` and the copies of those not in a held-out fold."""
-    arrays = source.read(list(chunk))
+    """The originals of ``chunk`` and the copies of those not in a held-out fold (copies without
+    reader masks, see the module docstring)."""
+    arrays = source.read(list(chunk), arrays=(*ARRAYS, READER_ARRAY) if source.has_reader_masks else ARRAYS)
     rows = source.rows(chunk)
     held_out = set(params.held_out_folds)
-    images, masks, agreement, out_rows = [], [], [], []
+    images, masks, agreement, out_rows, readers = [], [], [], [], []
     for i, (index, row) in enumerate(zip(chunk, rows)):
         original = PatchArrays(arrays["images"][i], arrays["masks"][i], arrays["agreement"][i])
         copies: list[tuple[dict[str, Any] | None, PatchArrays]] = [(None, original)]
@@ -191,8 +199,14 @@ def augment_chunk(source: PatchStore, chunk: range, recipe: Recipe, layout: Patc
             agreement.append(patch.agreement)
             out_rows.append({**row, "source_index": int(index), "copy_index": copy_index,
                              "is_augmented": drawn is not None, "augmentation": augmentation_json(drawn)})
+            if source.has_reader_masks:
+                original_readers = arrays[READER_ARRAY][i]
+                readers.append(original_readers if drawn is None else np.zeros_like(original_readers))
+                if drawn is not None:
+                    out_rows[-1][READER_COUNT_COLUMN] = 0
     return PatchBatch(np.stack(images).astype(np.float32), np.stack(masks).astype(bool),
-                      np.stack(agreement).astype(np.float32), out_rows)
+                      np.stack(agreement).astype(np.float32), out_rows,
+                      np.stack(readers).astype(bool) if source.has_reader_masks else None)
 
 
 def _finalise(run: StageRun, source: PatchStore, chunks: Sequence[range], recipe: Recipe,

@@ -1,4 +1,4 @@
-"""Paper 003 (Ni et al. 2022): MSU-Net, 3D MU-Net, their loss, the stage chaining, Table 6."""
+"""Paper 003 (Ni et al. 2022): MSU-Net, 3D MU-Net, their loss, the stage chaining (Table 6: tests/evaluation)."""
 from __future__ import annotations
 
 import math
@@ -14,8 +14,7 @@ from nodulekit.models.blocks import GateUnit
 from nodulekit.models.losses import focal_loss_with_logits, squared_dice_loss
 from nodulekit.models.msunet import MSUNet, binarised_labels, msunet_loss
 from nodulekit.models.munet3d import MUNet3D
-from nodulekit.models.two_stage import (coarse_probabilities, msunet_refiner, plan_slabs, reader_agreement_table,
-                                        reader_dice, refine_cubes, roi_range)
+from nodulekit.models.two_stage import coarse_probabilities, msunet_refiner, plan_slabs, refine_cubes, roi_range
 
 TINY = {"width": 0.0625, "heads": {"channels": 8}}  # widths 8, 8, 16, 32, 64 (2 channels per slice)
 
@@ -271,30 +270,6 @@ def test_chaining_with_the_real_networks() -> None:
     assert out["seg"].shape == (2, 16, 16, 16) and set(out) == {"seg", "malignancy", "margin", "texture",
                                                                 "calcification"}
     torch.testing.assert_close(out["texture"].sum(dim=1), torch.ones(2))
-
-
-# -- reader agreement (Table 6) ----------------------------------------------------------------
-
-def test_reader_dice_against_each_reader_and_between_readers() -> None:
-    pred = np.zeros((4, 4), bool)
-    pred[:2] = True                        # 8 pixels
-    r1 = pred.copy()                       # identical: 1.0
-    r2 = np.zeros((4, 4), bool)
-    r2[:1] = True                          # 4 pixels inside pred: 2*4/12
-    r3 = np.zeros((4, 4), bool)            # empty vs non-empty: 0
-    one = reader_dice(pred, {"a": r1, "b": r2, "c": r3})
-    assert one["model_vs_reader"] == pytest.approx({"a": 1.0, "b": 8 / 12, "c": 0.0})
-    assert one["reader_vs_reader"] == pytest.approx({("a", "b"): 8 / 12, ("a", "c"): 0.0, ("b", "c"): 0.0})
-    assert one["mean_model_vs_reader"] == pytest.approx((1 + 8 / 12) / 3)
-    assert one["mean_reader_vs_reader"] == pytest.approx(8 / 36)
-    two = reader_dice(pred, {"b": r1, "a": r1})
-    table = reader_agreement_table([one, two])
-    assert table["model_vs_reader"] == pytest.approx({"a": 1.0, "b": (8 / 12 + 1) / 2, "c": 0.0})
-    assert table["reader_vs_reader"][("a", "b")] == pytest.approx((8 / 12 + 1) / 2)
-    assert table["readers_avg"] == pytest.approx(((8 / 12 + 1) / 2 + 0 + 0) / 3)
-    assert table["model_avg"] == pytest.approx((1 + 5 / 6 + 0) / 3)
-    assert table["n_nodules"] == 2
-    assert math.isnan(reader_dice(pred, {"a": r1})["mean_reader_vs_reader"])
 
 
 # -- the network learns ------------------------------------------------------------------------

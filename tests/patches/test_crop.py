@@ -1,14 +1,15 @@
-"""Per-nodule extraction on a synthetic scan: shape, spacing, centring, fill, masks, slices, slabs."""
+"""Per-nodule extraction on a synthetic scan: shape, spacing, centring, fill, masks, slices, slabs, reader masks."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from nodulekit.io.nodule_store import NoduleRecord
-from nodulekit.patches.crop import (MASK_TOL, NoduleInput, empty_slices, nodule_patches, patch_row,
+from nodulekit.patches.crop import (MASK_TOL, NoduleInput, concat_batches, empty_slices, nodule_patches, patch_row,
                                     window_hu)
 from nodulekit.patches.presets import resolve_geometry
-from nodulekit.patches.resample import Grid, VoxelSource
+from nodulekit.patches.resample import Grid, VoxelSource, sample
+from nodulekit.patches.views import nine_views
 
 SPACING = (2.5, 0.7, 0.8)  # anisotropic, z, y, x
 ORIGIN = (-300.0, 12.3, -45.6)  # non-zero
@@ -201,3 +202,98 @@ def test_window_and_row():
     np.testing.assert_allclose(window_hu(hu, (-1000, 500), "none"), [-1000, -1000, -300, 400, 500])
     row = patch_row(sphere_nodule(), SCAN, kind="nodule", slice_offset=0, centre_zyx_mm=CENTRE_MM)
     assert row["nodule_key"] == "1.2.3/1" and row["in_cohort"] and row["malignancy"] == 4.5
+
+
+# -- reader masks ------------------------------------------------------------------------------------
+#: One preset (and option) per geometry and path: native 2D (exact slices), 2D resampled in-plane,
+#: 2D with empty slices, nine views, 3D cubes, 2.5D slabs.
+READER_CASES = [("mtnet", {}), ("mtnet", {"spacing_mm": "0.4"}), ("dgnet", {}), ("mtcnn", {}), ("cascade", {}),
+                ("msunet", {})]
+
+
+def reads_nodule(reads_mm: list[tuple[float, float]], centre_mm=CENTRE_MM, radius_mm=RADIUS_MM,
+                 clevel=0.5) -> NoduleInput:
+    """A nodule whose read k is a sphere of ``radius_mm + dr_k`` shifted ``dx_k`` mm in x (``reads_mm``:
+    (dr, dx) per read); agreement, consensus and frame built from them as consensus-label does."""
+    spheres = np.stack([distance_mm((centre_mm[0], centre_mm[1], centre_mm[2] + dx)) <= radius_mm + dr
+                        for dr, dx in reads_mm])
+    box = np.array([[i.min(), i.max()] for i in np.nonzero(spheres.any(axis=0))])
+    frame = (slice(None), *(slice(lo, hi + 1) for lo, hi in box))
+    masks = spheres[frame]
+    agreement = (masks.sum(axis=0) / np.float64(len(masks))).astype(np.float32)
+    n = len(reads_mm)
+    record = NoduleRecord("1.2.3", 1, box, agreement >= clevel, agreement, masks, np.arange(n), np.arange(n),
+                          np.zeros((n, 9), np.int8), clevel)
+    row = {"patient_id": "LIDC-IDRI-9999", "series_uid": "1.2.3", "nodule_id": 1, "fold": 0, "malignancy": 3.0}
+    return NoduleInput(record, row, label=1)
+
+
+def reader_grid(row: dict, geometry, n_slices: int) -> Grid:
+    """The patch's grid rebuilt from its row: centre, the preset's spacing (the scan's where None), slab spacing."""
+    spacing = list(geometry.spacing_zyx_mm or SPACING)
+    spacing[0] = row.get("slab_spacing_z_mm", SPACING[0] if geometry.geometry == "2d" else spacing[0])
+    n = geometry.size
+    return Grid.centred((row["centre_z_mm"], row["centre_y_mm"], row["centre_x_mm"]), (n_slices, n, n), spacing)
+
+
+@pytest.mark.parametrize("preset,options", READER_CASES)
+def test_reader_masks_of_agreeing_reads_equal_the_consensus_mask(preset, options):
+    geometry = resolve_geometry(preset, **options)
+    batch = nodule_patches(sphere_scan(), reads_nodule([(0.0, 0.0)] * 3), geometry)
+    assert batch.reader_masks.shape == (len(batch), 3, *geometry.patch_shape)
+    assert all(r["n_reader_masks"] == 3 for r in batch.rows)
+    assert batch.masks.any()
+    for k in range(3):
+        np.testing.assert_array_equal(batch.reader_masks[:, k], batch.masks)
+
+
+def test_thin_nodule_slab_reader_masks_equal_the_consensus_mask():
+    small = reads_nodule([(0.0, 0.0)] * 2, radius_mm=1.2)
+    batch = nodule_patches(sphere_scan(CENTRE_MM, 1.2), small, resolve_geometry("msunet"))
+    assert len(batch) == 1 and batch.rows[0]["slab_spacing_z_mm"] < 1.0  # the interpolated slab
+    np.testing.assert_array_equal(batch.reader_masks[:, 0], batch.masks)
+    np.testing.assert_array_equal(batch.reader_masks[:, 1], batch.masks)
+
+
+@pytest.mark.parametrize("preset,options", READER_CASES)
+def test_each_reader_mask_is_its_read_resampled_on_the_patch_grid(preset, options):
+    """Brute force: every read sampled on the patch grid rebuilt from the row, then >= 0.5."""
+    geometry = resolve_geometry(preset, **options)
+    reads = [(-1.0, 0.0), (0.0, 1.5), (1.0, -0.8), (0.5, 0.0)]
+    nodule = reads_nodule(reads)
+    batch = nodule_patches(sphere_scan(), nodule, geometry)
+    rec = nodule.record
+    origin = SCAN.index_to_mm(rec.bbox_zyx[:, 0])
+    assert batch.reader_masks.shape == (len(batch), 4, *geometry.patch_shape)
+    differ = 0
+    for i, row in enumerate(batch.rows):
+        depth = {"2d": 1, "2.5d": geometry.slab_depth}.get(geometry.geometry, geometry.size)
+        grid = reader_grid(row, geometry, depth)
+        for k in range(4):
+            source = VoxelSource.from_array(rec.reader_masks[k].astype(np.float32), origin, SPACING, 0.0)
+            values = sample(source, grid)
+            if geometry.geometry == "views9":
+                values = nine_views(values)
+            expected = values.reshape(geometry.patch_shape) >= 0.5 - MASK_TOL
+            if row["kind"] == "empty":
+                expected[:] = False
+            np.testing.assert_array_equal(batch.reader_masks[i, k], expected)
+        differ += int((batch.reader_masks[i, 0] != batch.reader_masks[i, 1]).any())
+    assert differ  # the reads differ, so the masks do
+
+
+def test_empty_slices_have_empty_reader_masks_and_a_nodule_without_reads_has_none():
+    batch = nodule_patches(sphere_scan(), reads_nodule([(-1.0, 0.0), (1.0, 0.0)]), resolve_geometry("dgnet"))
+    empty = np.array([r["kind"] == "empty" for r in batch.rows])
+    assert empty.any() and not batch.reader_masks[empty].any() and batch.reader_masks[~empty].any()
+    bare = nodule_patches(sphere_scan(), sphere_nodule(), resolve_geometry("cascade"))  # reader_masks (0, ...)
+    assert bare.reader_masks.shape == (1, 0, 32, 32, 32) and bare.rows[0]["n_reader_masks"] == 0
+
+
+def test_concat_pads_reader_masks_to_the_most_reads():
+    geometry = resolve_geometry("cascade")
+    two = nodule_patches(sphere_scan(), reads_nodule([(0.0, 0.0)] * 2), geometry)
+    three = nodule_patches(sphere_scan(), reads_nodule([(0.0, 0.0)] * 3), geometry)
+    both = concat_batches([two, three], geometry)
+    assert both.reader_masks.shape == (2, 3, 32, 32, 32) and not both.reader_masks[0, 2].any()
+    assert [r["n_reader_masks"] for r in both.rows] == [2, 3]

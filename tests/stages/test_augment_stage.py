@@ -16,8 +16,9 @@ from nodulekit.stages.augment import AugmentParams, augment
 
 
 def make_crop_stage(workdir: Path, preset: str = "mtcnn", geometry: str = "2d", shape: tuple = (16, 16),
-                    n: int = 8, folds: int = 4, crop_params: dict | None = None) -> None:
-    """A toy upstream ``crop/<preset>``: blobs whose agreement = image and mask = image >= 0.5."""
+                    n: int = 8, folds: int = 4, crop_params: dict | None = None, readers: bool = False) -> None:
+    """A toy upstream ``crop/<preset>``: blobs whose agreement = image and mask = image >= 0.5
+    (``readers``: with reader masks, patch i has i % 4 + 1 reads, read k = image >= 0.3 + 0.1 k)."""
     rng = np.random.default_rng(0)
     grids = np.meshgrid(*[np.arange(s, dtype=np.float32) for s in shape[-2:]], indexing="ij")
     images = np.empty((n, *shape), np.float32)
@@ -30,7 +31,14 @@ def make_crop_stage(workdir: Path, preset: str = "mtcnn", geometry: str = "2d", 
     info = PatchGeometryInfo(geometry, shape, (1.0, 1.0, 1.0), (-1000.0, 400.0), "01", preset, 0.5)
     with StageRun(workdir, StageSpec(f"crop/{preset}", 1, crop_params or {"size": shape[-1]})) as run:
         run.start(n_items=1)
-        write_patch_store(run.dir / "patches.h5", info, [PatchBatch(images, images >= 0.5, images.copy(), rows)],
+        reader_masks = None
+        if readers:
+            reader_masks = np.stack([images >= 0.3 + 0.1 * k for k in range(4)], axis=1)
+            for i, row in enumerate(rows):
+                row["n_reader_masks"] = i % 4 + 1
+                reader_masks[i, i % 4 + 1:] = False
+        write_patch_store(run.dir / "patches.h5", info,
+                          [PatchBatch(images, images >= 0.5, images.copy(), rows, reader_masks)],
                           attrs={**run.provenance().as_attrs(), "params_json": json.dumps(crop_params or {})})
         run.finish(outputs=["patches.h5"])
 
@@ -141,3 +149,19 @@ def test_other_geometries(tmp_path, geometry, shape, preset):
     np.testing.assert_array_equal(out.masks, out.agreement >= 0.5)
     params = [json.loads(r["augmentation"]) for r in out.rows if r["is_augmented"]]
     assert all(len(p["views"]) == 9 for p in params) if geometry == "views9" else all("ops" in p for p in params)
+
+
+@pytest.mark.parametrize("readers", [True, False])
+def test_originals_keep_their_reader_masks_and_copies_carry_none(tmp_path, readers):
+    make_crop_stage(tmp_path, readers=readers)
+    augment(tmp_path, AugmentParams("mtcnn", seed=1, held_out_folds=(3,)))
+    out, source = store(tmp_path), read_patch_store(tmp_path / "crop" / "mtcnn" / "patches.h5")
+    if not readers:
+        assert out.reader_masks is None and source.reader_masks is None
+        return
+    copies = np.array([r["is_augmented"] for r in out.rows])
+    assert copies.any() and out.reader_masks.shape == (len(out), 4, 16, 16)
+    assert not out.reader_masks[copies].any() and all(r["n_reader_masks"] == 0 for r in np.array(out.rows)[copies])
+    for row, masks in zip(np.array(out.rows)[~copies], out.reader_masks[~copies]):
+        np.testing.assert_array_equal(masks, source.reader_masks[row["source_index"]])
+        assert row["n_reader_masks"] == source.rows[row["source_index"]]["n_reader_masks"]

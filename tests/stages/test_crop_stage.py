@@ -1,15 +1,18 @@
-"""Stage crop/<preset> on the tiny phantom: stores, cache, resume, status, missing images."""
+"""Stage crop/<preset> on the tiny phantom: stores, cache, resume, status, missing images, reader masks."""
 from __future__ import annotations
 
+import json
 import shutil
 
+import h5py
 import numpy as np
 import pytest
 
 from nodulekit.errors import NodulekitError
-from nodulekit.io.patch_store import REQUIRED_COLUMNS, open_patch_store
+from nodulekit.io import nodule_store
+from nodulekit.io.patch_store import READER_SLOTS, REQUIRED_COLUMNS, open_patch_store
 from nodulekit.patches.presets import resolve_geometry
-from nodulekit.pipeline import pipeline_status, stage_status
+from nodulekit.pipeline import CODE_VERSIONS, pipeline_status, stage_status
 from nodulekit.stages.consensus import ConsensusParams, consensus_label
 from nodulekit.stages.crop import CropParams, crop, missing_lines
 from nodulekit.stages.ingest import IngestParams, ingest_lidc
@@ -104,3 +107,45 @@ def _series(path):
 def test_unknown_cohort_is_a_clear_error(workdir):
     with pytest.raises(NodulekitError, match="cohort_nope"):
         crop(workdir, CropParams(resolve_geometry("mtnet", cohort="nope")))
+
+
+# -- reader masks ------------------------------------------------------------------------------------
+@pytest.mark.parametrize("preset", ["mtnet", "dgnet", "mtcnn", "msunet", "cascade"])  # 2d, 2d + empty, views9, 2.5d, 3d
+def test_every_geometry_stores_each_nodules_reads(workdir, preset):
+    geometry = resolve_geometry(preset, cohort="all")
+    crop(workdir, CropParams(geometry))
+    nodules = nodule_store.read_table(workdir / "consensus-label" / "nodules.h5")
+    n_reads = {f"{s}/{i}": int(n) for s, i, n in zip(nodules["series_uid"], nodules["nodule_id"], nodules["n_reads"])}
+    with open_patch_store(workdir / "crop" / preset / "patches.h5") as store:
+        assert store.has_reader_masks
+        arrays = store.read(arrays=("masks", "agreement", "reader_masks"))
+        counts = store.table["n_reader_masks"]
+        keys, kinds = store.table["nodule_key"], store.table["kind"]
+    assert arrays["reader_masks"].shape == (len(keys), READER_SLOTS, *geometry.patch_shape)
+    assert [int(c) for c in counts] == [n_reads[k] for k in keys] and max(counts) > 1
+    for readers, count, kind in zip(arrays["reader_masks"], counts, kinds):
+        assert not readers[count:].any()
+        assert readers[:count].any() == (kind == "nodule")
+    if preset in ("mtnet", "dgnet"):  # native slices: exact pixels, so the agreement is the mean of the reads
+        total = arrays["reader_masks"].sum(axis=1)
+        expand = (slice(None), *([None] * len(geometry.patch_shape)))
+        np.testing.assert_allclose(arrays["agreement"] * counts[expand], total, atol=1e-5)
+
+
+def test_a_store_of_crop_code_version_1_is_stale_and_recropped_with_reader_masks(workdir, monkeypatch):
+    params = CropParams(resolve_geometry("munet3d"))
+    current = CODE_VERSIONS["crop"]
+    monkeypatch.setitem(CODE_VERSIONS, "crop", 1)
+    crop(workdir, params)
+    path = workdir / "crop" / "munet3d" / "patches.h5"
+    with h5py.File(path, "a") as f:  # what version 1 wrote: no reader masks, no count column
+        del f["reader_masks"], f["table"]["n_reader_masks"]
+        f.attrs["columns_json"] = json.dumps([c for c in json.loads(f.attrs["columns_json"]) if c != "n_reader_masks"])
+    with open_patch_store(path) as store:
+        assert not store.has_reader_masks and len(store.read([0])["masks"]) == 1  # old stores still read
+    monkeypatch.setitem(CODE_VERSIONS, "crop", current)
+    status = stage_status(workdir, "crop/munet3d")
+    assert status.state == "stale" and f"code version 1 -> {current}" in status.reasons
+    assert not crop(workdir, params).up_to_date
+    with open_patch_store(path) as store:
+        assert store.has_reader_masks and "n_reader_masks" in store.table
