@@ -42,7 +42,7 @@ import numpy as np
 from nodulekit.errors import NodulekitError
 from nodulekit.inference.inputs import NoduleLocation, Scan
 from nodulekit.io.patch_store import FILL_HU
-from nodulekit.patches.crop import _slice_grid, window_hu
+from nodulekit.patches.crop import slice_grid, window_hu
 from nodulekit.patches.presets import PRESETS, CropGeometry, resolve_geometry
 from nodulekit.patches.resample import Grid, VoxelSource, covered_region, sample
 from nodulekit.patches.views import nine_views
@@ -361,7 +361,7 @@ def _predict_slices(plan: ModelPlan, scan: Scan, source: VoxelSource, nodules: l
     wave = [(i, s.centre_k, 0) for i, s in enumerate(states)]
     n_patches, has_seg = 0, True
     while wave:
-        grids = [_slice_grid(scan.grid, k, k, nodules[i].centre_zyx_mm, g.size, g.spacing_zyx_mm) for i, k, _ in wave]
+        grids = [slice_grid(scan.grid, k, k, nodules[i].centre_zyx_mm, g.size, g.spacing_zyx_mm) for i, k, _ in wave]
         images = np.stack([window_hu(sample(source, grid)[0], g.hu_window, g.normalize) for grid in grids])
         predicted = run(images)
         n_patches += len(wave)

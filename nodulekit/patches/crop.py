@@ -199,8 +199,8 @@ def _batch(images: list[np.ndarray], labels: list[np.ndarray], clevel: float,
 
 
 # -- 2d slices ------------------------------------------------------------------------------------
-def _slice_grid(scan_grid: Grid, k_lo: int, k_hi: int, centre_mm: np.ndarray, size: int,
-                spacing_zyx_mm: tuple[float, float, float] | None) -> Grid:
+def slice_grid(scan_grid: Grid, k_lo: int, k_hi: int, centre_mm: np.ndarray, size: int,
+               spacing_zyx_mm: tuple[float, float, float] | None) -> Grid:
     """Native slices k_lo..k_hi; in-plane either the scan's pixels (window snapped to whole
     pixels) or ``spacing_zyx_mm``'s y, x spacing centred exactly."""
     z_mm = scan_grid.index_to_mm((k_lo, 0, 0))[0]
@@ -223,12 +223,12 @@ def _slice_patches(scan: VoxelSource, nodule: NoduleInput, geometry: CropGeometr
     bbox = np.asarray(rec.bbox_zyx)
     nodule_k = [int(bbox[0, 0] + k) for k in np.flatnonzero(rec.consensus.any(axis=(1, 2)))]
     centre_k = int(round(float(scan.grid.mm_to_index(centre_mm)[0])))
-    probe = _slice_grid(scan.grid, centre_k, centre_k, centre_mm, geometry.size, geometry.spacing_zyx_mm)
+    probe = slice_grid(scan.grid, centre_k, centre_k, centre_mm, geometry.size, geometry.spacing_zyx_mm)
     n_empty = int(round(geometry.empty_ratio * len(nodule_k)))
     empty_k = empty_slices((int(bbox[0, 0]), int(bbox[0, 1])), n_empty, scan.grid.shape_zyx[0],
                            _window_box_yx(scan.grid, probe), avoid_boxes_zyx) if n_empty else []
     wanted = sorted(set(nodule_k) | set(empty_k))
-    grid = _slice_grid(scan.grid, wanted[0], wanted[-1], centre_mm, geometry.size, geometry.spacing_zyx_mm)
+    grid = slice_grid(scan.grid, wanted[0], wanted[-1], centre_mm, geometry.size, geometry.spacing_zyx_mm)
     hu = window_hu(sample(scan, grid), geometry.hu_window, geometry.normalize)
     labels = sample_labels(rec, scan.grid, grid)
     centre_yx = grid.centre_zyx_mm[1:]
