@@ -15,21 +15,38 @@ def is_torch_tensor(x: object) -> bool:
 
 
 def as_mask(x: Any, name: str) -> np.ndarray:
-    """Return ``x`` as a boolean numpy array.
+    """Return ``x`` as a boolean numpy array, without copying it where possible.
 
-    Accepts bool arrays as they are (no copy), and integer/float arrays or torch tensors whose
-    values are all 0 or 1. Anything else (e.g. probabilities) raises: threshold first.
+    Bool arrays are returned as they are (no copy, no pass over the data). Integer and float
+    arrays or torch tensors must hold only 0 and 1; 1-byte integer arrays (uint8, int8) are then
+    returned as a bool view of the same memory, wider types as a bool copy. Anything else
+    (e.g. probabilities) raises: threshold first.
     """
     if is_torch_tensor(x):
         x = x.detach().cpu().numpy()
     arr = np.asarray(x)
     if arr.dtype == np.bool_:
         return arr
-    if arr.dtype.kind not in "biuf":
+    if arr.dtype.kind not in "iuf":
         raise NodulekitError(f"{name}: expected a binary mask, got dtype {arr.dtype}")
-    if arr.size and not np.all((arr == 0) | (arr == 1)):
+    if arr.size and not _all_zero_or_one(arr):
         raise NodulekitError(f"{name}: mask values must be 0/1 or bool (threshold probabilities first)")
+    if arr.dtype.itemsize == 1:
+        return arr.view(np.bool_)  # bytes 0/1 are exactly numpy's False/True
     return arr.astype(bool)
+
+
+def _all_zero_or_one(arr: np.ndarray) -> bool:
+    """Whether every value of a non-empty integer or float array is 0 or 1.
+
+    Integers: min and max (two reads, no temporary arrays). Floats need the comparison
+    (0.5 lies between 0 and 1; NaN fails both tests).
+    """
+    if arr.dtype.kind == "f":
+        return bool(np.all((arr == 0) | (arr == 1)))
+    if arr.dtype.kind == "i" and arr.min() < 0:
+        return False
+    return bool(arr.max() <= 1)
 
 
 def check_same_shape(pred: Any, truth: Any) -> None:
