@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import io
 import math
+import re
+import textwrap
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,10 +58,14 @@ def roc_points(truth: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.nda
     return np.r_[0.0, fp / fp[-1]], np.r_[0.0, tp / tp[-1]]
 
 
-def _roc_panel(ax: Any, task: str, labels: np.ndarray, scores: np.ndarray, legend: str) -> None:
-    """ROC curve (one-vs-rest curves per class for (N, C) scores) with the chance diagonal."""
+def _roc_panel(ax: Any, task: str, labels: np.ndarray, scores: np.ndarray, legend: str,
+               class_names: Sequence[str] = ()) -> None:
+    """ROC curve (one-vs-rest curves per class for (N, C) scores, labelled with ``class_names``)
+    with the chance diagonal."""
+    names = list(class_names) if scores.ndim == 2 and len(class_names) == scores.shape[1] else \
+        [f"class {k}" for k in range(scores.shape[1] if scores.ndim == 2 else 0)]
     curves = [(labels, scores, legend)] if scores.ndim == 1 else \
-        [(labels == k, scores[:, k], f"class {k} vs rest") for k in range(scores.shape[1])]
+        [(labels == k, scores[:, k], f"{names[k]} vs rest") for k in range(scores.shape[1])]
     for truth, score, label in curves:
         if len(np.unique(truth)) == 2:
             fpr, tpr = roc_points(truth, score)
@@ -139,7 +145,7 @@ def task_figure(task: str, labels: np.ndarray, scores: np.ndarray, auc_legend: s
     binary = scores.ndim == 1
     fig = plt.figure(figsize=(12.6 if binary else 8.4, 4.2))
     grid = fig.add_gridspec(2, 3 if binary else 2, height_ratios=[3, 1], wspace=0.35, hspace=0.08)
-    _roc_panel(fig.add_subplot(grid[:, 0]), task, labels, scores, auc_legend)
+    _roc_panel(fig.add_subplot(grid[:, 0]), task, labels, scores, auc_legend, class_names)
     _confusion_panel(fig.add_subplot(grid[:, 1]), task, matrix, class_names, threshold_text)
     if binary:
         _calibration_panels(fig.add_subplot(grid[0, 2]), fig.add_subplot(grid[1, 2]), task, labels, scores)
@@ -181,9 +187,35 @@ def breakdown_figure(entries: Sequence[Mapping[str, Any]], paper: Mapping[tuple[
     return _png(fig)
 
 
+#: Gallery captions wrap at this many characters per line (a 3.3 in panel at 8 pt holds about 48).
+CAPTION_CHARS = 40
+#: A DICOM UID in a caption: digits and dots, at least 5 components.
+_UID = re.compile(r"\d+(?:\.\d+){4,}")
+
+
+def short_uid(uid: str, keep: int = 6) -> str:
+    """``1.3.6.1.4.1.14519.5.2.1.6279.6001.100225287222365663678666836860`` -> ``1.3.6…666836860``:
+    its first components (within ``keep`` characters) and its last ``keep + 3`` characters, which
+    tell LIDC series apart (they share the long prefix); UIDs of at most ``2 * keep + 1``
+    characters are kept whole."""
+    if len(uid) <= 2 * keep + 1:
+        return uid
+    head = uid[:keep].rsplit(".", 1)[0] if "." in uid[:keep] else uid[:keep]
+    return f"{head}\u2026{uid[-(keep + 3):]}"
+
+
+def short_caption(caption: str, width: int = CAPTION_CHARS) -> str:
+    """A gallery caption that fits its panel: long DICOM UIDs ellipsized in the middle
+    (:func:`short_uid`), then each line wrapped at ``width`` characters."""
+    text = _UID.sub(lambda m: short_uid(m.group(0)), caption)
+    return "\n".join(line for part in text.split("\n")
+                     for line in textwrap.wrap(part, width, break_on_hyphens=False) or [""])
+
+
 @dataclass
 class GalleryCase:
-    """One patch to show: its image and masks (2D or 3D) and a caption."""
+    """One patch to show: its image and masks (2D or 3D) and a caption (shortened to fit its panel
+    by :func:`short_caption` when drawn)."""
 
     title: str
     image: np.ndarray
@@ -215,6 +247,11 @@ def _outline(ax: Any, mask: np.ndarray, colour: str, upsample: int = 8) -> None:
 
 def gallery_figure(cases: Sequence[GalleryCase]) -> bytes:
     """CT patches with the ground-truth (green) and predicted (red) outlines, one panel per case."""
+    return _png(_gallery(cases))
+
+
+def _gallery(cases: Sequence[GalleryCase]) -> Any:
+    """The matplotlib figure of :func:`gallery_figure` (the caller closes it)."""
     plt = _pyplot()
     from matplotlib.lines import Line2D
 
@@ -225,14 +262,14 @@ def gallery_figure(cases: Sequence[GalleryCase]) -> bytes:
         _outline(ax, truth, TRUTH_COLOUR)
         _outline(ax, pred, PRED_COLOUR)
         ax.set_title(case.title, fontsize=10, fontweight="bold")
-        ax.set_xlabel(case.caption, fontsize=8)
+        ax.set_xlabel(short_caption(case.caption), fontsize=8)
         ax.set_xticks([])
         ax.set_yticks([])
     handles = [Line2D([], [], c=TRUTH_COLOUR, lw=2, label="ground truth (consensus mask)"),
                Line2D([], [], c=PRED_COLOUR, lw=2, label="prediction (P >= threshold)")]
     plt.tight_layout(rect=(0, 0, 1, 0.92))
     fig.legend(handles=handles, loc="upper center", ncol=2, fontsize=9, bbox_to_anchor=(0.5, 1.0))
-    return _png(fig)
+    return fig
 
 
 def finite_or_nan(values: Sequence[Any]) -> np.ndarray:

@@ -10,6 +10,12 @@ are those of :mod:`nodulekit.evaluation.tables` (``dice``, ``jaccard``, ``overla
 LIDC-IDRI; paper 001 reports on a private clinical set (CCF, 7 patients) and paper 004 on
 private pathology-confirmed ground-glass nodules, so their numbers are labelled as such and
 are not comparable to an LIDC-IDRI run at all.
+
+``n_classes`` says how many classes the result's classification numbers are for: a run is set
+beside the result with its own number of classes (:func:`paper_result`). Paper 004 has both: its
+binary task 2) (AAH+AIS vs MIA+IAC, with AUC) for 2-class cascade runs and its 3-class task 1)
+(AAH+AIS / MIA / IAC, no AUC: the paper computes AUC for 2-class tasks only, Section 3.3) for
+3-class runs such as texture on LIDC.
 """
 from __future__ import annotations
 
@@ -46,14 +52,21 @@ class PaperResult:
     #: keys of :func:`nodulekit.evaluation.readers.reader_agreement`: model_vs_readers, reader_vs_reader
     reader_agreement: dict[str, PaperValue] = field(default_factory=dict)
     notes: tuple[str, ...] = ()
+    #: classes of the tasks in ``classification`` (a run with another number of classes gets none of them)
+    n_classes: int = 2
+    #: column label in reports when the default (``paper, <dataset>``) does not say enough
+    column_label: str = ""
 
     @property
     def label(self) -> str:
-        """Column label in reports: ``paper, real LIDC-IDRI`` (or the paper's own data)."""
-        return f"paper, {self.dataset}"
+        """Column label in reports: ``paper, real LIDC-IDRI`` (or the paper's own data), or ``column_label``."""
+        return self.column_label or f"paper, {self.dataset}"
 
-    def task_values(self, task: str, n_tasks: int) -> dict[str, PaperValue]:
-        """Reported values for classification task ``task`` ({} when the paper has none)."""
+    def task_values(self, task: str, n_tasks: int, n_classes: int = 2) -> dict[str, PaperValue]:
+        """Reported values for classification task ``task`` of a run with ``n_tasks`` tasks, this one
+        of ``n_classes`` classes ({} when the paper has none, or has them for another number of classes)."""
+        if n_classes != self.n_classes:
+            return {}
         if task in self.classification:
             return self.classification[task]
         return self.classification.get(ANY_TASK, {}) if n_tasks == 1 else {}
@@ -68,6 +81,8 @@ _DGNET = "Zhang et al. 2024, detection-guided multitask network with STD regular
 _MTCNN = "Zhai et al. 2020, MT-CNN, IEEE Access 8:180317 (paper 002)"
 _MSUNET = "Ni et al. 2022, two-stage 3D MU-Net + 2.5D MSU-Net, QIMS 12:292 (paper 003)"
 _CASCADE = "Wang et al. 2021, segmentation-masked 3D cascade, CMIG 88:101814 (paper 004)"
+#: Paper 004's 3-class task 1) AAH+AIS / MIA / IAC: its row in Table 2 (data split 1), joint training column (d).
+_TASK1 = "Table 2, split 1, task 1) row, model (d)"
 
 
 def _table6() -> dict[str, PaperValue]:
@@ -161,13 +176,26 @@ PAPER_RESULTS: dict[str, tuple[PaperResult, ...]] = {
                                        "mcc": PaperValue(0.4828, "Table 2, split 1, (d)",
                                                          note="printed as 4.828 x 10^-1")}},
             notes=("Pathology subtypes of ground-glass nodules are a different task from LIDC malignancy ratings.",)),
+        PaperResult(
+            "cascade", _CASCADE, "private pathology-confirmed ground-glass nodules (not LIDC-IDRI)",
+            "70/30 split of 740 nodules; task 1) AAH+AIS vs MIA vs IAC (3 classes), data split 1, model (d) joint "
+            "training", n_classes=3,
+            column_label="paper 004 task 1, 3 classes, private pathology data (not LIDC-IDRI)",
+            classification={ANY_TASK: {**_pv(_TASK1, accuracy=0.5867, average_f1=0.5830),
+                                       "mcc": PaperValue(0.3430, _TASK1, note="printed as 3.430 x 10^-1")}},
+            notes=("The paper reports no AUC for its 3-class task (AUC only for 2-class tasks, Section 3.3; "
+                   "Table 2 prints '-').",
+                   "Pathology subtypes of ground-glass nodules (AAH+AIS, MIA, IAC) are a different task from "
+                   "LIDC texture or malignancy ratings.")),
     ),
 }
 
 
-def paper_result(model: str, variant: str | None = None) -> PaperResult | None:
-    """The paper's result for ``model`` (its full model unless ``variant`` names an ablation), or None."""
-    results = PAPER_RESULTS.get(model, ())
+def paper_result(model: str, variant: str | None = None, n_classes: int = 2) -> PaperResult | None:
+    """The paper's result for ``model`` (its full model unless ``variant`` names an ablation) whose
+    classification numbers are for ``n_classes`` classes (2 for runs without a classification task),
+    or None when the paper has none."""
+    results = [r for r in PAPER_RESULTS.get(model, ()) if r.n_classes == n_classes]
     if variant is None:
         return results[0] if results else None
     return next((r for r in results if r.variant == variant), None)

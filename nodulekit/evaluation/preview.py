@@ -2,7 +2,8 @@
 
 For looking at a report where no browser is at hand (CI artifacts, headless machines). It lays
 out the same :class:`~nodulekit.evaluation.render.Section` blocks as report.html, top to bottom,
-at a fixed page width; table columns are sized from their text.
+at a fixed page width; table columns are sized from their text. A collapsed table (folded in
+report.html) shows its summary line only.
 """
 from __future__ import annotations
 
@@ -51,6 +52,8 @@ def _table_cells(table: Table) -> tuple[list[int], list[list[list[str]]]]:
 def _block_height_in(block: Any) -> float:
     if isinstance(block, Paragraph):
         return LINE_IN * len(_wrap(block.text, _TEXT_CHARS)) + 0.1
+    if isinstance(block, Table) and block.collapsed:
+        return LINE_IN + 0.15
     if isinstance(block, Table):
         _, cells = _table_cells(block)
         caption = len(_wrap(block.caption, _TEXT_CHARS)) if block.caption else 0
@@ -103,6 +106,10 @@ class _Page:
         self.y_in += LINE_IN * len(lines) + 0.1
 
     def table(self, block: Table) -> None:
+        if block.collapsed:
+            self.text(MARGIN_IN, f"\u25b8 {block.collapsed} (folded in report.html)", color="#0d47a1")
+            self.y_in += LINE_IN + 0.15
+            return
         widths, cells = _table_cells(block)
         x_positions = [MARGIN_IN]
         for w in widths:

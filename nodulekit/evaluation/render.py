@@ -2,7 +2,9 @@
 
 A section is a title and a list of blocks: ``Paragraph``, ``Table`` or ``Figure``. Figures are
 PNG bytes: the HTML embeds them as base64 ``data:`` URIs (no external file, script, font or
-link), the Markdown refers to ``figures/<name>.png`` written beside it.
+link), the Markdown refers to ``figures/<name>.png`` written beside it. A table with a
+``collapsed`` summary is folded: an HTML ``<details>`` element (closed until clicked), in
+Markdown a heading before the table.
 """
 from __future__ import annotations
 
@@ -26,6 +28,8 @@ class Table:
     header: list[str]
     rows: list[list[str]]
     caption: str = ""
+    #: when set, the table is folded under this summary line (HTML ``<details>``, a Markdown heading)
+    collapsed: str = ""
 
 
 @dataclass
@@ -54,6 +58,8 @@ def _md_table(table: Table) -> str:
     lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in table.rows]
     if table.caption:
         lines += ["", f"*{table.caption}*"]
+    if table.collapsed:
+        lines = [f"#### {table.collapsed}", "", *lines]
     return "\n".join(lines)
 
 
@@ -85,6 +91,8 @@ td:nth-child(n+2){font-variant-numeric:tabular-nums}
 .small{font-size:0.85em;color:#546e7a}
 figure{margin:12px 0}
 img{max-width:100%;border:1px solid #eceff1}
+details{margin:10px 0}
+summary{cursor:pointer;color:#0d47a1}
 """
 
 
@@ -93,7 +101,10 @@ def _html_table(table: Table) -> str:
     body = "".join("<tr>" + "".join(f"<td>{html.escape(c).replace(chr(10), '<br>')}</td>" for c in row) + "</tr>"
                    for row in table.rows)
     caption = f'<div class="caption">{html.escape(table.caption)}</div>' if table.caption else ""
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+    text = f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>{caption}"
+    if table.collapsed:
+        return f"<details><summary>{html.escape(table.collapsed)}</summary>{text}</details>"
+    return text
 
 
 def _html_block(block: Block) -> str:

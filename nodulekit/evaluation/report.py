@@ -17,8 +17,10 @@ from typing import Any
 import numpy as np
 
 from nodulekit.evaluation import figures as fig
-from nodulekit.evaluation.paper_numbers import PaperResult, PaperValue, paper_result
+from nodulekit.evaluation.paper_numbers import PAPER_RESULTS, PaperResult, PaperValue, paper_result
 from nodulekit.evaluation.render import Figure, Paragraph, Section, Table, write_report_files
+from nodulekit.evaluation.run_config import config_value_text, flatten, model_defaults, split_config
+from nodulekit.labels.cohorts import class_names_for_column
 
 SEG_LABELS = {"dice": "DI (Dice)", "jaccard": "JA (Jaccard, IoU)", "overlap_error": "OE (overlap error = 1 - JA)",
               "precision": "precision", "recall": "recall (sensitivity)", "specificity": "SPE (voxel specificity)",
@@ -32,10 +34,13 @@ CLASS_NAMES = {"malignancy": ("benign", "malignant"), "margin": ("fuzzy margin",
                "texture": ("non-/part-solid", "solid"), "calcification": ("calcified", "no calcification")}
 
 
-def class_names(task: str, n_classes: int) -> list[str]:
-    """Display names of a task's classes: ``0 benign`` / ``1 malignant`` for known binary tasks, else numbers."""
-    names = CLASS_NAMES.get(task)
-    if names and n_classes == 2:
+def class_names(task: str, n_classes: int, column: str | None = None) -> list[str]:
+    """Display names of a task's classes: ``0 benign`` / ``1 malignant`` for known binary tasks
+    (:data:`CLASS_NAMES`), else the names of the truth column's label spec when it has them
+    (``0 non-solid`` / ``1 part-solid`` / ``2 solid`` for ``label_luna16_texture``), else numbers."""
+    names = CLASS_NAMES.get(task) if n_classes == 2 else None
+    names = names or (class_names_for_column(column, n_classes) if column else None)
+    if names and len(names) == n_classes:
         return [f"{k} {name}" for k, name in enumerate(names)]
     return [str(k) for k in range(n_classes)]
 
@@ -99,17 +104,28 @@ def run_column(metrics: Mapping[str, Any]) -> str:
     return f"this run, {metrics['data']['dataset']}"
 
 
+def _n_classes(metrics: Mapping[str, Any]) -> int:
+    """The number of classes of the run's classification tasks (2 when it has none, or when they differ)."""
+    counts = {int(t["n_classes"]) for t in (metrics.get("tasks") or {}).values()}
+    return counts.pop() if len(counts) == 1 else 2
+
+
 def _paper(metrics: Mapping[str, Any]) -> PaperResult | None:
-    return paper_result(metrics["model"])
+    """The paper's result to set beside this run: the model's, for the run's number of classes."""
+    return paper_result(metrics["model"], n_classes=_n_classes(metrics))
 
 
-def _paper_column(paper: PaperResult | None) -> str:
-    return paper.label if paper else "paper (no reported numbers for this model)"
+def _paper_column(paper: PaperResult | None, metrics: Mapping[str, Any] | None = None) -> str:
+    if paper:
+        return paper.label
+    if metrics and PAPER_RESULTS.get(metrics["model"]):
+        return f"paper (no reported numbers for {_n_classes(metrics)} classes)"
+    return "paper (no reported numbers for this model)"
 
 
 def paper_column(metrics: Mapping[str, Any]) -> str:
-    """Label of the paper column for this evaluation's model."""
-    return _paper_column(_paper(metrics))
+    """Label of the paper column for this evaluation's model and number of classes."""
+    return _paper_column(_paper(metrics), metrics)
 
 
 def segmentation_rows(metrics: Mapping[str, Any], summary: Mapping[str, Any]) -> list[list[str]]:
@@ -119,7 +135,9 @@ def segmentation_rows(metrics: Mapping[str, Any], summary: Mapping[str, Any]) ->
 
 def classification_rows(metrics: Mapping[str, Any], task: str, summary: Mapping[str, Any]) -> list[list[str]]:
     paper = _paper(metrics)
-    return _rows_beside_paper(summary, paper.task_values(task, len(metrics["tasks"])) if paper else {}, False)
+    n_classes = int(summary.get("n_classes", 2))
+    values = paper.task_values(task, len(metrics["tasks"]), n_classes) if paper else {}
+    return _rows_beside_paper(summary, values, False)
 
 
 def aggregate_lines(metrics: Mapping[str, Any]) -> list[tuple[str, str, str, str]]:
@@ -151,7 +169,7 @@ def _overview(metrics: Mapping[str, Any]) -> Section:
           f"{settings['seed']}. Cross-validation folds are pooled for the main tables; the per-fold table is below.")
     if data["n_patients"] < 20:
         ci += f" With {data['n_patients']} patients the intervals are rough (few distinct resamples)."
-    compare = (f"The column '{run_column(metrics)}' is this evaluation. The column '{_paper_column(paper)}' "
+    compare = (f"The column '{run_column(metrics)}' is this evaluation. The column '{_paper_column(paper, metrics)}' "
                "repeats what the paper reports, with the table it comes from. It was measured on other data, "
                "with the paper's own split and preprocessing, so it is a reference point, not a target that this "
                "data can be expected to reach.")
@@ -162,14 +180,34 @@ def _overview(metrics: Mapping[str, Any]) -> Section:
     return Section("How to read this report", blocks)
 
 
-def _config_text(config: Mapping[str, Any], prefix: str = "") -> list[str]:
-    lines = []
-    for key, value in config.items():
-        if isinstance(value, Mapping):
-            lines += _config_text(value, f"{prefix}{key}.")
-        else:
-            lines.append(f"{prefix}{key} = {value}")
-    return lines
+def config_tables(model: str, config: Mapping[str, Any]) -> list[Any]:
+    """The run's config.toml: first the keys that differ from the model's defaults (the paper's
+    settings, :mod:`nodulekit.evaluation.run_config`) with the default and its source, then the
+    other keys in a collapsed table; one table of every key when the model is not registered."""
+    defaults = model_defaults(model)
+    if defaults is None:
+        return [Table(["training configuration (config.toml of the first run)"],
+                      [[f"{key} = {config_value_text(value)}"] for key, value in flatten(config).items()])]
+    changed, same = split_config(config, defaults)
+    where = f"nodulekit/models/configs/{model}.toml"
+    blocks: list[Any] = []
+    if changed:
+        rows = [[c.key, config_value_text(c.value),
+                 config_value_text(c.default) if c.in_defaults else "– (not a key of the defaults)",
+                 c.source or "–"] for c in changed]
+        caption = (f"Training configuration (config.toml of the first run): the {len(changed)} key(s) whose value "
+                   f"differs from the model's defaults ({where} over the engine defaults; the paper's settings, "
+                   "each with the section it comes from), e.g. set with --set, --config, --epochs or --max-steps. "
+                   "data.stores is chosen when training starts and is not counted.")
+        blocks.append(Table(["config key (changed from the paper defaults)", "this run", "default",
+                             "source of the default"], rows, caption))
+    else:
+        blocks.append(Paragraph(f"Training configuration (config.toml of the first run): every key has the model's "
+                                f"default ({where}: the paper's settings)."))
+    if same:
+        blocks.append(Table(["config key", "value"], [[k, config_value_text(v)] for k, v in same.items()],
+                            collapsed=f"The other {len(same)} config keys (unchanged from the paper defaults)"))
+    return blocks
 
 
 def _run_section(metrics: Mapping[str, Any]) -> Section:
@@ -197,15 +235,14 @@ def _run_section(metrics: Mapping[str, Any]) -> Section:
     blocks: list[Any] = [Table(["item", "value"], rows)]
     config = metrics["runs"][0].get("config") or {}
     if config:
-        blocks.append(Table(["training configuration (config.toml of the first run)"],
-                            [[line] for line in _config_text(config)]))
+        blocks += config_tables(metrics["model"], config)
     return Section("Run and data", blocks)
 
 
 def _segmentation_section(metrics: Mapping[str, Any], rows: Sequence[Mapping[str, Any]],
                           gallery: Sequence[fig.GalleryCase]) -> Section:
     summary = metrics["aggregate"]["segmentation"]
-    header = ["metric", run_column(metrics), _paper_column(_paper(metrics))]
+    header = ["metric", run_column(metrics), _paper_column(_paper(metrics), metrics)]
     caption = (f"Mean over {summary['n']} nodule patches ({summary['n_patients']} patients); mask = P >= "
                f"{metrics['settings']['seg_threshold']}. Distances are in mm with the patch spacing; HD, HD95 and "
                "ASSD average the patches whose prediction is not empty. Paper values: mean (± SD where printed).")
@@ -242,9 +279,9 @@ def _breakdown_section(metrics: Mapping[str, Any]) -> Section | None:
                      fmt_entry("hd95_mm", e["metrics"]["hd95_mm"]),
                      paper_text if not pv else paper_text + "\nOE " + fmt_value("overlap_error", pv["overlap_error"].value)])
     header = ["category (readers' aggregated rating)", "patches", f"DI (%) — {run_column(metrics)}", "OE (%)",
-              "HD95 (mm)", f"DI (%) — {_paper_column(paper)}"]
+              "HD95 (mm)", f"DI (%) — {_paper_column(paper, metrics)}"]
     figure = fig.breakdown_figure(entries, {k: v["dice"].value for k, v in paper_values.items()},
-                                  run_column(metrics), _paper_column(paper))
+                                  run_column(metrics), _paper_column(paper, metrics))
     caption = ("Mean (95% CI) over the nodule patches of each category, as paper 003 Table 9; ratings 1-5 "
                "(calcification 1-6) are the readers' aggregate. Diameter bins are nodulekit's addition (no paper "
                "values). Small categories have wide intervals.")
@@ -295,7 +332,7 @@ def reader_agreement_tables(metrics: Mapping[str, Any]) -> list[Table]:
               "first read, R2 its second, ... (LIDC readers are anonymous and their order differs between "
               "scans, so a column pools reads, not one radiologist). Last column: against the nodule's other "
               "reads / all its reads.")
-    return [Table(["", run_column(metrics), _paper_column(paper)], summary, caption),
+    return [Table(["", run_column(metrics), _paper_column(paper, metrics)], summary, caption),
             Table(["Dice (%)", *readers, "mean"], per_reader, layout)]
 
 
@@ -324,11 +361,11 @@ def _classification_section(metrics: Mapping[str, Any], rows: Sequence[Mapping[s
     tasks = metrics["aggregate"]["classification"]
     if not tasks:
         return None
-    header = ["metric", run_column(metrics), _paper_column(_paper(metrics))]
+    header = ["metric", run_column(metrics), _paper_column(_paper(metrics), metrics)]
     threshold = metrics["settings"]["class_threshold"]
     blocks: list[Any] = []
     for task, summary in tasks.items():
-        names = class_names(task, summary["n_classes"])
+        names = class_names(task, summary["n_classes"], metrics["tasks"][task].get("truth_column"))
         counts = ", ".join(f"{name}: {n}" for name, n in zip(names, summary["class_counts"]))
         caption = (f"Task '{task}' (truth column {metrics['tasks'][task]['truth_column']}): {summary['n']} labelled "
                    f"patches of {summary['n_patients']} patients ({counts}). Metrics pool all folds; decision "

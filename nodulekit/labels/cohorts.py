@@ -306,6 +306,30 @@ def primary_label_column(rule: CohortRule) -> str | None:
     return rule.label_columns()[0] if rule.labels else None
 
 
+def label_spec_for_column(column: str, n_classes: int | None = None) -> LabelSpec | None:
+    """The label spec behind a label column: a preset's column (``label_luna16_texture`` ->
+    :data:`TEXTURE3`), else for ``label_<cohort>_<characteristic>`` of a custom cohort the named
+    multi-class label of that characteristic with ``n_classes`` classes (a custom binary label
+    has no spec here: its ranges are the user's); None when unknown (e.g. the generic ``label``)."""
+    for rule in PRESETS.values():
+        for col, spec in zip(rule.label_columns(), (*rule.labels, *rule.extra_labels)):
+            if col == column:
+                return spec if n_classes is None or spec.n_classes == n_classes else None
+    if n_classes is None or not column.startswith("label_"):
+        return None
+    matches = [spec for spec in NAMED_LABELS.values()
+               if column.endswith(f"_{spec.characteristic}") and spec.n_classes == n_classes]
+    return matches[0] if len(matches) == 1 else None
+
+
+def class_names_for_column(column: str, n_classes: int | None = None) -> list[str] | None:
+    """Display names of the classes 0..C-1 of a label column (:func:`label_spec_for_column`),
+    e.g. ``["non-solid", "part-solid", "solid"]`` for ``label_luna16_texture``; None when the
+    column's spec is unknown or has no names (the papers' binary labels)."""
+    spec = label_spec_for_column(column, n_classes)
+    return list(spec.names) if spec is not None and spec.names else None
+
+
 def cohort_primary_label(cohort: str, columns: Sequence[str]) -> str | None:
     """The primary label column of cohort ``cohort`` in a nodule table with ``columns``: the
     preset's (None for luna16, whose ``label_luna16_texture`` is an extra label), else (a custom

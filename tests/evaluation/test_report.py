@@ -72,8 +72,13 @@ def test_paper_numbers_beside_this_run_clearly_labelled(report):
 def test_run_metadata_in_report(report):
     markdown = report.report_md.read_text()
     for item in ("msunet-fold0", "msunet-fold1", "held-out fold 0", "patch 8x16x16 voxels", "1.5 x 0.7 x 0.7 mm",
-                 "model.threshold = 0.5", "numpy", "bootstrap"):
+                 "numpy", "bootstrap"):
         assert item in markdown
+    # the fake run's config.toml beside msunet's defaults: its model.threshold is no msunet key, its
+    # data.label_column ("label") is the default, so it is folded with the unchanged keys
+    assert "| model.threshold | 0.5 | – (not a key of the defaults) |" in markdown
+    unchanged = markdown.split("#### The other 1 config keys (unchanged from the paper defaults)")[1]
+    assert "| data.label_column | label |" in unchanged.split("## Segmentation")[0]
 
 
 def test_papers_not_on_lidc_are_labelled_with_their_own_data():
