@@ -16,6 +16,9 @@ def evaluate(
         "--run", help="Run name under WORKDIR/runs (default: the most recent). Repeat to pool the folds of a "
                       "cross-validation.")] = None,
     fold: Annotated[Optional[int], typer.Option("--fold", help="Evaluate only this held-out fold.")] = None,
+    coarse_run: Annotated[Optional[list[str]], typer.Option(
+        "--coarse-run", help="msunet: the munet3d run of the same fold whose coarse masks pick the slabs (paper "
+                             "003's two stages); recorded in the msunet run.json. One per --run, in order.")] = None,
     report: Annotated[bool, typer.Option("--report", help="Also write report.html and report.md.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the aggregate metrics as JSON.")] = False,
     compare: Annotated[bool, typer.Option("--compare", help="Compare the RUNS given as arguments.")] = False,
@@ -27,10 +30,12 @@ def evaluate(
 
     Outputs in WORKDIR/runs/<run>/evaluation/: predictions.h5, metrics.json [, report.html, report.md].
 
-    Example: nodulekit evaluate --report ; nodulekit evaluate --compare mtnet-0-A mtnet-0-B
+    Example: nodulekit evaluate --report ; nodulekit evaluate --compare mtnet-0-A mtnet-0-B ;
+    nodulekit evaluate --run msunet-fold0-A --coarse-run munet3d-fold0-B --report
     """
     from nodulekit.errors import NodulekitError
     from nodulekit.evaluation import EvaluateParams, compare as compare_runs, evaluate as run_evaluation
+    from nodulekit.evaluation.api import link_coarse_runs
 
     params = EvaluateParams(n_boot=n_boot, force=force)
     if compare:
@@ -40,6 +45,10 @@ def evaluate(
         return
     if runs:
         raise NodulekitError("give runs with --run (or use --compare RUN_A RUN_B ...)")
+    if coarse_run:
+        if not run:
+            raise NodulekitError("--coarse-run needs the msunet run(s) it belongs to: give them with --run")
+        link_coarse_runs(workdir, run, coarse_run)
     result = run_evaluation(workdir, run=run or None, fold=fold, report=report, params=params)
     if as_json:
         keys = ("model", "runs", "folds", "data", "aggregate", "reader_agreement")

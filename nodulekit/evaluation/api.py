@@ -267,6 +267,20 @@ def _score_run(run: RunInfo, folds: tuple[int, ...], predictor: Predictor | Pred
         return _ScoredRun(path, reused, rows, tasks, pred.has_seg)
 
 
+def link_coarse_runs(workdir: Path, fine_runs: Sequence[str | Path], coarse_runs: Sequence[str | Path]) -> list[str]:
+    """Chain msunet runs to their munet3d runs (paper 003's two stages), paired in order: each
+    msunet run.json records its coarse run (:func:`nodulekit.inference.link_coarse_run`), so
+    :func:`evaluate` scores the chain. Runs are names under WORKDIR/runs or paths. Returns the
+    values written."""
+    from nodulekit.inference.chain import link_coarse_run
+
+    if len(fine_runs) != len(coarse_runs):
+        raise NodulekitError(f"{len(coarse_runs)} --coarse-run for {len(fine_runs)} --run: give one munet3d run "
+                             "per msunet run, in the same order (fold by fold)")
+    return [link_coarse_run(resolve_run(workdir, fine), resolve_run(workdir, coarse))
+            for fine, coarse in zip(fine_runs, coarse_runs)]
+
+
 def _resolve_runs(workdir: Path, run: str | Path | Sequence[str | Path] | None) -> list[RunInfo]:
     names: list[str | Path | None] = list(run) if isinstance(run, (list, tuple)) else [run]
     runs = [load_run(workdir, resolve_run(workdir, name)) for name in names]

@@ -210,12 +210,26 @@ def config_tables(model: str, config: Mapping[str, Any]) -> list[Any]:
     return blocks
 
 
+def _stages_rows(metrics: Mapping[str, Any]) -> list[list[str]]:
+    """For msunet: whether the chain of paper 003's two stages was scored, or the refinement stage alone."""
+    if metrics["model"] != "msunet":
+        return []
+    coarse = [str((r.get("meta") or {}).get("coarse_run") or "") for r in metrics["runs"]]
+    if all(coarse):
+        return [["stages", "two (paper 003): each held-out nodule's cube through munet3d run(s) "
+                           f"{', '.join(coarse)}; its coarse mask picks the slices MSU-Net refines, and each slab "
+                           "is scored on the assembled 3D mask"]]
+    return [["stages", "MSU-Net alone on the held-out slabs (the refinement stage, Table 5); to score the chain, "
+                       "evaluate with --coarse-run <munet3d run of the same fold>"]]
+
+
 def _run_section(metrics: Mapping[str, Any]) -> Section:
     data = metrics["data"]
     spacing = data["spacing_zyx_mm"]
     rows = [["model", metrics["model"]],
             ["run(s)", "\n".join(f"{r['name']} (held-out fold {', '.join(map(str, r['folds']))}; "
                                  f"run key {r['run_key']})" for r in metrics["runs"])],
+            *_stages_rows(metrics),
             ["data set", data["dataset"]],
             ["patch store", f"{data['store']}\npreset {data['preset']}, geometry {data['geometry']}, "
                             f"patch {'x'.join(map(str, data['patch_shape']))} voxels"],

@@ -109,6 +109,26 @@ def test_a_linked_msunet_run_is_scored_through_both_stages(workdir):
     assert {r["store_index"] for r in single.metrics["rows"]} == {r["store_index"] for r in chained.metrics["rows"]}
 
 
+
+def test_evaluate_cli_links_the_coarse_run_and_scores_the_chain(workdir):
+    from typer.testing import CliRunner
+
+    from nodulekit.cli import app
+
+    coarse = fake_run(workdir, "munet3d", 0, "crop/munet3d/patches.h5")
+    fine = fake_run(workdir, "msunet", 0, "crop/msunet/patches.h5")
+    runner = CliRunner()
+    args = ["evaluate", "--run", fine.name, "--boot", "20", "--report", "--workdir", str(workdir)]
+    out = runner.invoke(app, [*args, "--coarse-run", coarse.name])
+    assert out.exit_code == 0, out.output
+    assert json.loads((fine / "run.json").read_text())["coarse_run"] == coarse.name
+    report = (fine / "evaluation" / "report.md").read_text()
+    assert f"| stages | two (paper 003): each held-out nodule's cube through munet3d run(s) {coarse.name};" in report
+    for bad, message in ((["--coarse-run", coarse.name, "--coarse-run", coarse.name], "2 --coarse-run for 1 --run"),
+                         (["--coarse-run", fine.name], "a run of 'msunet'; the coarse stage is a munet3d run")):
+        out = runner.invoke(app, [*args, *bad])  # main() prints these as one line (tests/cli)
+        assert isinstance(out.exception, NodulekitError) and message in str(out.exception)
+
 def test_the_coarse_run_must_hold_out_the_same_fold(workdir):
     coarse = fake_run(workdir, "munet3d", 1, "crop/munet3d/patches.h5")
     fine = fake_run(workdir, "msunet", 0, "crop/msunet/patches.h5")
