@@ -73,6 +73,45 @@ def test_every_model_loads_and_predicts_probabilities_at_the_patch_size(runs, na
         assert prob.shape == ((n,) if model.class_tasks[task] == 2 else (n, model.class_tasks[task]))
 
 
+
+@pytest.mark.parametrize("name", list_models())
+def test_weights_assigned_into_a_meta_module_equal_the_usual_load(runs, name, monkeypatch):
+    """load_model builds the module on the meta device and assigns the checkpoint's tensors in
+    (no random initialisation); the result equals building it and loading the weights."""
+    import nodulekit.inference.predict as engine
+
+    run_dir = runs.run(name)
+    assigned = []
+    real = engine._module_with_weights
+    monkeypatch.setattr(engine, "_module_with_weights", lambda *a: assigned.append(real(*a)) or assigned[-1])
+    fast = load_model(run_dir, fold_norms=False)
+    assert assigned and assigned[0] is fast.module  # the shortcut applied to every registered model
+    monkeypatch.setattr(engine, "_module_with_weights", lambda *a: None)
+    usual = load_model(run_dir, fold_norms=False)
+    fast_state, usual_state = fast.module.state_dict(), usual.module.state_dict()
+    assert list(fast_state) == list(usual_state)
+    for key, value in usual_state.items():
+        assert not fast_state[key].is_meta and fast_state[key].dtype == value.dtype
+        torch.testing.assert_close(fast_state[key], value, rtol=0, atol=0, msg=key)
+    assert [p.requires_grad for p in fast.module.parameters()] == [p.requires_grad for p in usual.module.parameters()]
+    images = runs.images(name)["images"]
+    a, b = predict_patches(fast, images, batch_size=2), predict_patches(usual, images, batch_size=2)
+    if a.seg_prob is not None:
+        np.testing.assert_array_equal(a.seg_prob, b.seg_prob)
+    for task in a.class_prob:
+        np.testing.assert_array_equal(a.class_prob[task], b.class_prob[task])
+
+
+def test_the_meta_shortcut_steps_aside_for_weights_that_do_not_fit(runs, tmp_path):
+    """A checkpoint whose keys differ is not assigned into a meta module: the usual path names it."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.run("mtcnn"), run_dir)
+    payload = torch.load(run_dir / "model.pt", weights_only=True)
+    payload["model"].pop(next(iter(payload["model"])))
+    save_checkpoint(run_dir / "model.pt", payload)
+    with pytest.raises(NodulekitError, match="do not fit model 'mtcnn'.*1 missing"):
+        load_model(run_dir)
+
 def test_the_tasks_of_each_model(runs):
     expected = {"mtnet": {"seg", "malignancy"}, "dgnet": {"seg", "nodule"}, "mtcnn": {"malignancy"},
                 "msunet": {"seg", "malignancy", "margin", "texture", "calcification"}, "munet3d": {"seg"},
