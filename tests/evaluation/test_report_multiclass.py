@@ -12,7 +12,7 @@ import pytest
 from nodulekit.evaluation.paper_numbers import ANY_TASK, paper_result
 from nodulekit.evaluation.report import class_names, classification_rows, paper_column
 from nodulekit.labels.cohorts import class_names_for_column
-from test_texture_cascade import PATIENTS, TEXTURE, _cli
+from test_texture_cascade import TEXTURE, _cli, copy_of
 
 pytestmark = pytest.mark.one_torch_thread
 
@@ -82,17 +82,9 @@ def test_class_names_from_the_label_spec():
 
 
 @pytest.fixture(scope="module")
-def report_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def report_dir(tmp_path_factory: pytest.TempPathFactory, texture_workdir: Path) -> Path:
     """A 3-class cascade run trained with --set on the texture phantom, evaluated with --report."""
-    from nodulekit.phantom import write_phantom
-
-    root = tmp_path_factory.mktemp("texture-report") / "LIDC"
-    write_phantom(root, patients=PATIENTS, seed=0, matrix=128, max_slices=24)
-    workdir = root.parent / "work"
-    _cli("ingest", "lidc", "--root", str(root), "--workdir", str(workdir))
-    _cli("consensus-label", "--folds", "2", "--min-readers", "3", "--label", "texture3", "--cohort", "custom",
-         "--workdir", str(workdir))
-    _cli("crop", "--for", "cascade", "--workdir", str(workdir))
+    workdir = copy_of(texture_workdir, tmp_path_factory.mktemp("texture-report"))
     _cli("train", "cascade", "--fold", "0", "--epochs", "1", "--max-steps", "2", *OVERRIDES, *TEXTURE,
          "--workdir", str(workdir))
     run = max((workdir / "runs").iterdir())

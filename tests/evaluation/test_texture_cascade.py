@@ -29,21 +29,32 @@ def _cli(*args: str):
     return result
 
 
-@pytest.fixture(scope="module")
-def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The phantom of PATIENTS, ingested and labelled; the custom cohort (>= 3 readers, texture3)
-    stratifies the 2 folds by texture class, so each fold holds one nodule of each class."""
+def build_texture_workdir(folder: Path) -> Path:
+    """The phantom of PATIENTS in ``folder``, ingested and labelled, and cropped for cascade
+    (``folder/work``); the custom cohort (>= 3 readers, texture3) stratifies the 2 folds by texture
+    class, so each fold holds one nodule of each class. Built once per session (conftest)."""
     from nodulekit.phantom import write_phantom
 
-    root = tmp_path_factory.mktemp("texture-phantom") / "LIDC"
+    root = folder / "LIDC"
     write_phantom(root, patients=PATIENTS, seed=0, matrix=128, max_slices=24)
-    workdir = root.parent / "work"
+    workdir = folder / "work"
     _cli("ingest", "lidc", "--root", str(root), "--workdir", str(workdir))
     _cli("consensus-label", "--folds", "2", "--min-readers", "3", "--label", "texture3", "--cohort", "custom",
          "--workdir", str(workdir))
     _cli("crop", "--for", "cascade", "--workdir", str(workdir))
     return workdir
 
+
+def copy_of(workdir: Path, folder: Path) -> Path:
+    """A copy of ``workdir`` in ``folder`` that a test may train into."""
+    import shutil
+
+    return Path(shutil.copytree(workdir, folder / "work"))
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory: pytest.TempPathFactory, texture_workdir: Path) -> Path:
+    return copy_of(texture_workdir, tmp_path_factory.mktemp("texture-cascade"))
 
 def test_the_cascade_store_carries_the_texture_classes(workdir):
     from nodulekit.io.patch_store import open_patch_store
