@@ -194,8 +194,8 @@ def load_model(path: Path, device: str = "cpu", *, model: str | None = None,
 
 def _module_with_weights(spec: ModelSpec, model_table: Mapping[str, Any],
                          state: Mapping[str, torch.Tensor]) -> nn.Module | None:
-    """The module built on the meta device (no memory, no random initialisation: for MT-Net about
-    1.1 s of the 2.4 s a load took) with the checkpoint's tensors assigned in; exactly what
+    """The module built on the meta device (no memory, no random initialisation: MT-Net's load took
+    1.3 s instead of 2.0 s, benchmarks/README.md) with the checkpoint's tensors assigned in; exactly what
     building it and loading the weights gives. None whenever that shortcut does not apply: the
     factory fails on meta tensors, the keys or shapes differ (the caller's usual path then names
     the problem), a tensor stays on meta (e.g. a non-persistent buffer) or assigning would untie
