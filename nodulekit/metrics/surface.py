@@ -264,6 +264,12 @@ def boundary(mask: Any) -> np.ndarray:
     return out
 
 
+def _method_costs_ns(n_box_voxels: int, n_targets: int, n_queries: int) -> tuple[float, float]:
+    """Expected ns of one directed distance set by (feature transform, k-d tree): the cost constants."""
+    return (_FT_NS_PER_VOXEL * n_box_voxels,
+            _KD_NS_PER_TARGET * n_targets + _KD_NS_PER_QUERY * n_queries)
+
+
 def _use_feature_transform(n_box_voxels: int, n_targets: int, n_queries: int) -> bool:
     """Whether the feature transform is expected to beat the k-d tree (see the cost constants).
 
@@ -271,8 +277,7 @@ def _use_feature_transform(n_box_voxels: int, n_targets: int, n_queries: int) ->
     points, so the transform wins for compact, ragged or strongly overlapping shapes and the
     tree for objects that are far apart (a big, mostly empty box) or large and smooth.
     """
-    transform_ns = _FT_NS_PER_VOXEL * n_box_voxels
-    tree_ns = _KD_NS_PER_TARGET * n_targets + _KD_NS_PER_QUERY * n_queries
+    transform_ns, tree_ns = _method_costs_ns(n_box_voxels, n_targets, n_queries)
     return transform_ns < tree_ns
 
 
@@ -315,7 +320,7 @@ def _nearest_by_kdtree(queries: np.ndarray, targets: np.ndarray, shape: tuple[in
 
 def _expected_ns(n_box_voxels: int, n_targets: int, n_queries: int) -> float:
     """Expected time (ns) of one directed distance set: the cheaper of the two methods."""
-    return min(_FT_NS_PER_VOXEL * n_box_voxels, _KD_NS_PER_TARGET * n_targets + _KD_NS_PER_QUERY * n_queries)
+    return min(_method_costs_ns(n_box_voxels, n_targets, n_queries))
 
 
 def _directed_distances(from_points: np.ndarray, to_points: np.ndarray, to_edges: np.ndarray,
