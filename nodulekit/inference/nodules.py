@@ -264,7 +264,17 @@ def predict_scan(plan: ModelPlan, scan: Scan, locations: Sequence[NoduleLocation
     ``precision``: ``fp32`` or ``bf16`` (:func:`resolve_precision`)."""
     import time
 
+    from nodulekit.heap import reuse_freed_memory
+
     start = time.perf_counter()
+    with reuse_freed_memory():  # each batch reuses the last one's pages (nodulekit.heap)
+        nodules, labels, n_patches = _predict_scan(plan, scan, locations, batch_size=batch_size, device=device,
+                                                   precision=precision)
+    return ScanPrediction(nodules, labels, time.perf_counter() - start, n_patches)
+
+
+def _predict_scan(plan: ModelPlan, scan: Scan, locations: Sequence[NoduleLocation], *, batch_size: int,
+                  device: str | None, precision: str) -> tuple[list[NodulePrediction], np.ndarray | None, int]:
     source = VoxelSource.from_array(scan.hu_zyx, scan.grid.origin_zyx_mm, scan.grid.spacing_zyx_mm, FILL_HU)
     nodules = [NodulePrediction(i, loc, scan.grid_mm(loc.xyz_mm)) for i, loc in enumerate(locations, start=1)]
     pieces: list[list[tuple[np.ndarray, np.ndarray]]] = [[] for _ in nodules]
@@ -285,7 +295,7 @@ def predict_scan(plan: ModelPlan, scan: Scan, locations: Sequence[NoduleLocation
     labels = paint_labels(nodules, scan.grid.shape_zyx) if has_seg else None
     for nodule in nodules:
         nodule.measures = measure_nodule(nodule, scan) if has_seg else {}
-    return ScanPrediction(nodules, labels, time.perf_counter() - start, n_patches)
+    return nodules, labels, n_patches
 
 
 def _class_rows(predictions: Any, n: int) -> list[dict[str, np.ndarray]]:
