@@ -192,6 +192,24 @@ def load_model(path: Path, device: str = "cpu", *, model: str | None = None,
                        store_info=store_info)
 
 
+class _SkipInitOnMeta(torch.overrides.TorchFunctionMode):
+    """Inside a meta-device build: the in-place fills of weight initialisation (``nn.init``'s
+    ``normal_``, ``uniform_``, ``fill_`` ...) return their meta tensor untouched. On the meta device
+    they compute nothing anyway, but each still runs through PyTorch's Python reference
+    implementation (about 0.5 s for MT-Net's 222 convs); the weights are assigned afterwards."""
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        if func in _INIT_FILLS and args and isinstance(args[0], torch.Tensor) and args[0].is_meta:
+            return args[0]
+        return func(*args, **(kwargs or {}))
+
+
+#: The in-place fills ``torch.nn.init`` and the models' own init code use.
+_INIT_FILLS = frozenset({torch.Tensor.normal_, torch.Tensor.uniform_, torch.Tensor.fill_, torch.Tensor.zero_,
+                         torch.Tensor.erfinv_, torch.Tensor.mul_, torch.Tensor.add_, torch.Tensor.clamp_,
+                         torch.Tensor.copy_})
+
+
 def _module_with_weights(spec: ModelSpec, model_table: Mapping[str, Any],
                          state: Mapping[str, torch.Tensor]) -> nn.Module | None:
     """The module built on the meta device (no memory, no random initialisation: MT-Net's load took
@@ -201,7 +219,7 @@ def _module_with_weights(spec: ModelSpec, model_table: Mapping[str, Any],
     the problem), a tensor stays on meta (e.g. a non-persistent buffer) or assigning would untie
     shared parameters."""
     try:
-        with torch.device("meta"):
+        with torch.device("meta"), _SkipInitOnMeta():
             module = spec.factory(model_table)
     except Exception:  # noqa: BLE001 - any failure here means "build it the usual way"
         return None
