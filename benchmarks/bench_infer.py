@@ -20,6 +20,12 @@ segment at random, so the 2D slice growth would stop at once or run to its cap; 
 number of patches what a trained model would need, the benchmark replaces the *masks* a model
 returns by CT > -300 HU (the phantom's nodules; the model itself still runs in full on every
 patch) and prints the number of patches.
+
+Bound: the benchmark counts each model's arithmetic per patch (convolutions and linear layers,
+forward hooks) and measures this device's fastest fp32 pointwise convolution (the layer that
+dominates both models); ``bound s`` = patches x GFLOP per patch / that rate is the model time that
+no implementation of the same arithmetic can beat here. Where ``bound s`` alone exceeds the goal,
+the goal needs fewer patches or another device, not faster code.
 """
 from __future__ import annotations
 
@@ -72,6 +78,57 @@ def random_run(workdir: Path, model: str) -> Path:
     return run_dir
 
 
+def model_gflop_per_patch(run: Path) -> float:
+    """Multiply-adds x 2 of the convolutions and linear layers for one patch, counted with forward
+    hooks on the loaded (BatchNorm-folded) module: the arithmetic no implementation can skip."""
+    import torch
+
+    from nodulekit.inference.predict import load_model, predict_patches
+
+    model = load_model(run)
+    flops = [0]
+
+    def count(module: torch.nn.Module, inputs: tuple, output: torch.Tensor) -> None:
+        if isinstance(module, torch.nn.Linear):
+            flops[0] += 2 * output.numel() * module.in_features
+        else:
+            taps = int(np.prod(module.kernel_size)) * (module.in_channels // module.groups)
+            flops[0] += 2 * output.numel() * taps
+
+    layers = (torch.nn.Conv2d, torch.nn.Conv3d, torch.nn.Linear)
+    hooks = [m.register_forward_hook(count) for m in model.module.modules() if isinstance(m, layers)]
+    predict_patches(model, np.zeros((1, *model.patch_shape), np.float32), batch_size=1)
+    for hook in hooks:
+        hook.remove()
+    return flops[0] / 1e9
+
+
+def peak_conv_gflops(device: str, repeats: int = 5) -> float:
+    """The best fp32 throughput (GFLOP/s) of this device on the kind of layer that dominates the 2D
+    models (pointwise convs, channels-last, a wave-sized batch of 6), over a few of their shapes:
+    the rate no layer of the models runs faster than, so patches x GFLOP / this rate bounds the model time."""
+    import torch
+
+    best = 0.0
+    for channels, size in ((728, 28), (1024, 14), (256, 56)):
+        conv = torch.nn.Conv2d(channels, channels, 1, bias=False).to(device).eval()
+        x = torch.randn(6, channels, size, size, device=device).to(memory_format=torch.channels_last)
+        conv = conv.to(memory_format=torch.channels_last)
+        flop = 2 * 6 * size * size * channels * channels
+        with torch.inference_mode():
+            conv(x)
+            for _ in range(repeats):
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                start = time.perf_counter()
+                for _ in range(5):
+                    conv(x)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                best = max(best, 5 * flop / (time.perf_counter() - start) / 1e9)
+    return best
+
+
 def emulate_trained_masks() -> None:
     """Masks as a trained model would give them (CT > -300 HU), after running the model in full."""
     import nodulekit.inference.predict as engine
@@ -115,12 +172,19 @@ def main() -> None:
     emulate_trained_masks()
     from nodulekit.inference.nodules import resolve_precision
 
+    precision = resolve_precision(args.precision, args.device)
+    peak = peak_conv_gflops(args.device)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, batch "
-          f"{args.batch_size}, precision {resolve_precision(args.precision, args.device)}; {len(refs)} scans")
+          f"{args.batch_size}, precision {precision}; {len(refs)} scans; fastest pointwise conv here "
+          f"{peak:.0f} GFLOP/s (fp32)")
+    print("bound s: patches x GFLOP per patch / that rate, the least model time any implementation of the same "
+          "arithmetic needs here (fp32; bf16 is not bounded by it)")
     print(f"{'model':8} {'patient':15} {'slice mm':>8} {'nodules':>7} {'patches':>7} {'load s':>7} "
-          f"{'predict s':>9} {'write s':>7} {'other s':>7} {'total s':>7}  goal < 10 s (2D)")
+          f"{'predict s':>9} {'bound s':>7} {'write s':>7} {'other s':>7} {'total s':>7}  goal < 10 s (2D)")
     for model in args.models.split(","):
         run = random_run(args.workdir, model)
+        gflop = model_gflop_per_patch(run)
+        print(f"{model}: {gflop:.1f} GFLOP per patch")
         for ref in refs:
             spec = NoduleSpec.parse(nodules=ref.series.xml_files[0])
             out = args.workdir / "out" / model
@@ -136,7 +200,8 @@ def main() -> None:
             scan = result.scans[0]
             verdict = "" if model not in ("mtnet", "dgnet") else ("ok" if total < 10 else "over")
             print(f"{model:8} {scan['patient_id']:15} {scan['spacing_zyx_mm'][0]:8.3g} {scan['n_nodules']:7d} "
-                  f"{scan['n_patches']:7d} {load:7.2f} {predict:9.2f} {write:7.2f} "
+                  f"{scan['n_patches']:7d} {load:7.2f} {predict:9.2f} {scan['n_patches'] * gflop / peak:7.2f} "
+                  f"{write:7.2f} "
                   f"{total - load - predict - write:7.2f} "
                   f"{total:7.2f}  {verdict}", flush=True)
 
