@@ -40,6 +40,7 @@ from nodulekit.evaluation.predictor import (Predictor, PredictorFactory, predict
 from nodulekit.evaluation.readers import add_reader_dice, reader_agreement
 from nodulekit.evaluation.rows import prediction_rows
 from nodulekit.evaluation.runs import RunInfo, load_run, resolve_run, run_key
+from nodulekit.heap import reuse_freed_memory
 from nodulekit.io.patch_store import augmented_flags
 from nodulekit.evaluation.tables import DEFAULT_DIAMETER_BINS_MM, CISettings, build_tables
 from nodulekit.io.patch_store import PatchStore, open_patch_store
@@ -138,7 +139,9 @@ def _predict_run(run: RunInfo, folds: tuple[int, ...], out_dir: Path, predictor:
         model = predictor_for(run, predictor)
         provenance["label_columns"] = dict(getattr(model, "label_columns", None) or {})
         batches = (batch for f, idx in per_fold.items() if idx.size for batch in model.predict(store, idx, f))
-        write_predictions(path, batches, np.concatenate(list(per_fold.values())), store.info.patch_shape, provenance)
+        with reuse_freed_memory():  # each batch reuses the last one's pages (nodulekit.heap)
+            write_predictions(path, batches, np.concatenate(list(per_fold.values())), store.info.patch_shape,
+                              provenance)
     return path, False
 
 
