@@ -181,6 +181,26 @@ def test_a_checkpoint_file_inside_the_run_loads_too(runs):
     assert model.run_dir == run_dir and model.checkpoint == best
 
 
+def test_weights_are_memory_mapped_and_a_legacy_format_file_still_loads(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.run("munet3d"), run_dir)
+    mapped = load_model(run_dir)
+    usual = {k: v.clone() for k, v in mapped.module.state_dict().items()}
+    payload = torch.load(run_dir / "model.pt", weights_only=True)
+    torch.save(payload, run_dir / "model.pt", _use_new_zipfile_serialization=False)  # cannot be mapped
+    legacy = load_model(run_dir)
+    for key, value in legacy.module.state_dict().items():
+        assert torch.equal(value, usual[key]), key
+
+
+def test_folding_into_mapped_weights_leaves_the_checkpoint_file_as_it_was(runs, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(runs.run("mtnet"), run_dir)
+    before = (run_dir / "model.pt").read_bytes()
+    load_model(run_dir)  # BatchNorm folded into the conv weights in place
+    assert (run_dir / "model.pt").read_bytes() == before
+
+
 def test_average_predictions_is_the_elementwise_mean():
     a = PatchPredictions(np.zeros((2, 3, 3), np.float32), {"m": np.array([0.2, 0.4], np.float32),
                                                            "c": np.full((2, 3), 1 / 3, np.float32)})
