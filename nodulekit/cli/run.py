@@ -42,12 +42,18 @@ def run(
         help="Work folder (env NODULEKIT_WORKDIR); default nodulekit-work, or nodulekit-demo with --demo.",
         show_default=False)] = None,
     force: Annotated[bool, typer.Option("--force", help="Redo every stage even if it is up to date.")] = False,
+    coarse_config: Annotated[Optional[list[Path]], typer.Option(
+        "--coarse-config", help="msunet: TOML layered over munet3d's config.")] = None,
+    coarse_set: Annotated[Optional[list[str]], typer.Option(
+        "--coarse-set", help="msunet: munet3d config override KEY=VALUE (repeatable).")] = None,
 ) -> None:
     """Run ingest -> consensus-label -> crop -> augment -> train -> evaluate --report for one model.
 
     Each stage skips when it is up to date, so a rerun after a crash continues where it stopped.
 
-    Example: nodulekit run mtnet --lidc-root /data/LIDC-IDRI --gpus 1 ; nodulekit run msunet --lidc-root /data/LIDC-IDRI --folds all ; nodulekit run --demo
+    msunet also trains its 3D coarse stage (munet3d, one run per fold) and evaluates the two-stage chain.
+
+    Example: nodulekit run mtnet --lidc-root /data/LIDC-IDRI --gpus 1 ; nodulekit run msunet --lidc-root /data/LIDC-IDRI --folds all --coarse-set model.width=0.5 ; nodulekit run --demo
     """
     from dataclasses import replace
 
@@ -63,7 +69,8 @@ def run(
     chosen = {"patients": tuple(p.strip() for p in patients.split(",")) if patients else None,
               "folds": parse_folds(fold, folds, base.n_folds),
               "augment": augment, "config_files": tuple(config or ()), "epochs": epochs, "max_steps": max_steps,
-              "gpus": gpus, "n_boot": n_boot, "workers": workers}
+              "gpus": gpus, "n_boot": n_boot, "workers": workers,
+              "coarse_config_files": tuple(coarse_config or ()), "coarse_config_overrides": tuple(coarse_set or ())}
     extra = {"config_overrides": base.config_overrides + tuple(set_ or ()), "until": until}
     params = replace(base, **{k: v for k, v in chosen.items() if v not in (None, ())}, **extra)
     workdir = workdir or (DEMO_WORKDIR if demo else Path("nodulekit-work"))

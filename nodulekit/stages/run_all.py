@@ -24,6 +24,14 @@ SHA-256 is the stage parameter ``config_sha256``), the fold and the upstream sto
 started by hand with ``nodulekit train``), an interrupted one with a checkpoint is resumed
 (``train(resume=...)``), otherwise a new run starts.
 
+MSU-Net (paper 003) is two models: ``nodulekit run msunet`` also crops, (augments,) and trains its
+3D coarse stage, a ``munet3d`` run per fold (``train/munet3d-fold<k>``, its own config layers:
+``coarse_config_files`` / ``coarse_config_overrides``; epochs, steps and GPUs as the fine stage's),
+links each msunet run to the munet3d run of its fold (run.json ``coarse_run``), and evaluates the
+chain: each held-out nodule's cube through munet3d, its ROI slabs through MSU-Net.
+``nodulekit infer --model`` on the msunet run then chains the stages as well. (MSU-Net alone, on
+slabs around the ground-truth nodule: ``nodulekit train msunet`` + ``nodulekit evaluate``.)
+
 The demo (``nodulekit run --demo``) is :mod:`nodulekit.stages.demo`.
 """
 from __future__ import annotations
@@ -34,7 +42,7 @@ import os
 import time
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +76,8 @@ class RunParams:
     as ``nodulekit train``. ``n_boot``, ``report``, ``preview_png``: as ``nodulekit evaluate``
     (``preview_png`` also renders ``report-preview.png``). ``until``: stop after this stage.
     ``workers``: processes for ingest and crop (not part of any fingerprint).
+    ``coarse_config_files``, ``coarse_config_overrides``: msunet only, the config layers of its
+    munet3d stage (module docstring).
     """
 
     model: str
@@ -91,6 +101,8 @@ class RunParams:
     preview_png: bool = False
     until: str = "evaluate"
     workers: int = 1
+    coarse_config_files: tuple[Path, ...] = ()
+    coarse_config_overrides: tuple[str, ...] = ()
 
     def validate(self) -> None:
         if self.until not in STAGES:
@@ -104,6 +116,19 @@ class RunParams:
             raise NodulekitError(f"--fold {bad[0]}: folds are 0..{self.n_folds - 1} (--folds {self.n_folds})")
         if len(set(self.folds)) != len(self.folds):
             raise NodulekitError(f"--fold: each fold once ({', '.join(map(str, self.folds))})")
+        if (self.coarse_config_files or self.coarse_config_overrides) and coarse_params(self) is None:
+            raise NodulekitError(f"--coarse-set / --coarse-config: only msunet has a coarse stage, not {self.model}")
+
+
+def coarse_params(params: RunParams) -> RunParams | None:
+    """The options of msunet's munet3d stage (module docstring), or None for a model without one."""
+    from nodulekit.inference.chain import COARSE_MODEL
+
+    if params.model != "msunet":
+        return None
+    return replace(params, model=COARSE_MODEL, config_files=params.coarse_config_files,
+                   config_overrides=params.coarse_config_overrides, coarse_config_files=(),
+                   coarse_config_overrides=())
 
 
 def parse_folds(fold: Sequence[int] | None, folds: str | None, n_folds: int) -> tuple[int, ...]:
@@ -160,6 +185,7 @@ class PipelineResult:
     model: str
     stages: list[StageOutcome] = field(default_factory=list)
     runs: list[Path] = field(default_factory=list)
+    coarse_runs: list[Path] = field(default_factory=list)
     evaluation_dir: Path | None = None
     metrics_path: Path | None = None
     report_html: Path | None = None
@@ -241,25 +267,45 @@ def run_pipeline(workdir: Path, params: RunParams, *, force: bool = False, on_ev
     _consensus(workdir, params, force, report)
     if params.until == "consensus-label":
         return _finish(result, start)
-    _crop(workdir, params, preset, force, report)
+    models = [(params, preset)]
+    coarse = coarse_params(params)
+    if coarse is not None:
+        models.append((coarse, get_spec(coarse.model).geometry.crop_preset))
+    for _, model_preset in models:
+        _crop(workdir, params, model_preset, force, report)
     if params.until == "crop":
         return _finish(result, start)
-    plans = [_train_plan(workdir, params, fold) for fold in params.folds]
-    augmenting = _augments(params, plans[0].config)
-    if augmenting:
-        _augment(workdir, params, preset, force, report)
+    plans = [[_train_plan(workdir, p, fold) for fold in p.folds] for p, _ in models]
+    upstreams = []
+    for (p, model_preset), model_plans in zip(models, plans):
+        augmenting = _augments(p, model_plans[0].config)
+        if augmenting:
+            _augment(workdir, p, model_preset, force, report)
+        upstreams.append((f"crop/{model_preset}",) + ((f"augment/{model_preset}",) if augmenting else ()))
     if params.until == "augment":
         return _finish(result, start)
-    upstream = (f"crop/{preset}",) + ((f"augment/{preset}",) if augmenting else ())
     train_stages = []
-    for plan in plans:
-        name, run_dir = _train(workdir, params, plan, upstream, force, report, progress)
-        train_stages.append(name)
-        result.runs.append(run_dir)
+    for (p, _), model_plans, upstream, runs in zip(models, plans, upstreams, (result.runs, result.coarse_runs)):
+        for plan in model_plans:
+            name, run_dir = _train(workdir, p, plan, upstream, force, report, progress)
+            train_stages.append(name)
+            runs.append(run_dir)
+    _link_stages(result)
     if params.until == "train":
         return _finish(result, start)
     _evaluate(workdir, params, result, tuple(train_stages), force, report, predictor)
     return _finish(result, start)
+
+
+def _link_stages(result: PipelineResult) -> None:
+    """Each msunet run records the munet3d run of its fold as its coarse stage (run.json is
+    rewritten only when that changes, so the predictions' cache key stays)."""
+    from nodulekit.inference.chain import COARSE_RUN_KEY, link_coarse_run
+    from nodulekit.training.runs import read_run_json
+
+    for fine_dir, coarse_dir in zip(result.runs, result.coarse_runs):  # fold by fold, in params.folds order
+        if read_run_json(fine_dir).get(COARSE_RUN_KEY) != coarse_dir.name:
+            link_coarse_run(fine_dir, coarse_dir)
 
 
 def _finish(result: PipelineResult, start: float) -> PipelineResult:

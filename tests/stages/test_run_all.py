@@ -2,6 +2,7 @@
 training resumes; a parameter change reruns only what depends on it."""
 from __future__ import annotations
 
+import tomllib
 from dataclasses import replace
 from pathlib import Path
 
@@ -38,7 +39,8 @@ def params(lidc: Path, **changes) -> RunParams:
 
 def run(workdir: Path, p: RunParams, **kw):
     events: list[StageEvent] = []
-    result = run_pipeline(workdir, p, on_event=events.append, predictor=IntensityPredictor, **kw)
+    kw.setdefault("predictor", IntensityPredictor)
+    result = run_pipeline(workdir, p, on_event=events.append, **kw)
     return result, events
 
 
@@ -157,3 +159,36 @@ def test_parse_folds_as_nodulekit_train():
         parse_folds([1], "all", 5)
     with pytest.raises(NodulekitError, match="expected 'all'"):
         parse_folds(None, "first", 5)
+
+
+TINY_MSUNET = ("model.width=0.125", "train.val_max_batches=2")
+TINY_MUNET3D = ("model.width=0.0625", "train.val_max_batches=2")
+
+
+@pytest.mark.slow
+def test_msunet_trains_its_coarse_stage_links_it_and_evaluates_the_chain(lidc: Path, tmp_path: Path):
+    p = params(lidc, model="msunet", cohort="msunet", config_overrides=TINY_MSUNET,
+               coarse_config_overrides=TINY_MUNET3D, augment=False)
+    first, _ = run(tmp_path, p, predictor=None)
+    stages = list(statuses(first))
+    assert stages == ["ingest", "consensus-label", "crop/msunet", "crop/munet3d", "train/msunet-fold1",
+                      "train/munet3d-fold1", "evaluate/msunet-fold1"]
+    (fine,), (coarse,) = first.runs, first.coarse_runs
+    assert read_run_json(coarse)["model"] == "munet3d" and read_run_json(coarse)["fold"] == 1
+    assert read_run_json(fine)["coarse_run"] == coarse.name
+    assert tomllib.loads((coarse / "config.toml").read_text())["model"]["width"] == 0.0625  # its own layers
+    assert tomllib.loads((fine / "config.toml").read_text())["model"]["width"] == 0.125
+    assert first.metrics()["runs"][0]["meta"]["coarse_run"] == coarse.name  # the chain was scored
+
+    second, _ = run(tmp_path, p, predictor=None)
+    assert not second.did_work and second.coarse_runs == first.coarse_runs
+
+    retrained, _ = run(tmp_path, replace(p, coarse_config_overrides=TINY_MUNET3D[:1]), predictor=None)
+    changed = {stage for stage, status in statuses(retrained).items() if status != "up to date"}
+    assert changed == {"train/munet3d-fold1", "evaluate/msunet-fold1"}
+    assert read_run_json(fine)["coarse_run"] == retrained.coarse_runs[0].name != coarse.name
+
+
+def test_coarse_options_are_for_msunet_only(lidc: Path, tmp_path: Path):
+    with pytest.raises(NodulekitError, match="only msunet has a coarse stage"):
+        run(tmp_path, params(lidc, coarse_config_overrides=("model.width=0.5",)))
