@@ -91,7 +91,11 @@ def _compatible(conv: nn.Module, norm: nn.Module) -> bool:
 
 @torch.no_grad()
 def _fold_into(conv: nn.Module, norm: nn.Module) -> None:
-    """W' = W * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps) (module docstring)."""
+    """W' = W * s, b' = (b - mean) * s + beta, s = gamma / sqrt(var + eps) (module docstring).
+
+    s and b' are computed in float64; W' is a new tensor in W's dtype, so the loaded W (pages of a
+    memory-mapped checkpoint) is never written: copying W' into it cost MT-Net's 187 folds 0.77 s
+    (float64 copies and copy-on-write faults), a new tensor 0.11-0.18 s."""
     scale = torch.rsqrt(norm.running_var.to(torch.float64) + norm.eps)
     if norm.weight is not None:
         scale = scale * norm.weight.to(torch.float64)
@@ -102,7 +106,7 @@ def _fold_into(conv: nn.Module, norm: nn.Module) -> None:
         shift = shift + norm.bias.to(torch.float64)
     weight = conv.weight
     shape = (-1,) + (1,) * (weight.ndim - 1)
-    conv.weight.copy_((weight.to(torch.float64) * scale.reshape(shape)).to(weight.dtype))
+    conv.weight = nn.Parameter(weight * scale.to(weight.dtype).reshape(shape), requires_grad=False)
     conv.bias = nn.Parameter(shift.to(weight.dtype), requires_grad=False)
 
 

@@ -96,3 +96,22 @@ def test_only_safe_pairs_fold_and_untraceable_parents_are_searched() -> None:
 def test_training_mode_is_refused() -> None:
     with pytest.raises(ValueError, match="eval mode"):
         fold_batchnorm(nn.Sequential(nn.Conv2d(1, 1, 1), nn.BatchNorm2d(1)))
+
+
+def test_folding_leaves_the_tensors_it_was_given_untouched() -> None:
+    """The folded weight is a new tensor: the one loaded (a memory-mapped checkpoint's, or a state
+    dict someone still holds) keeps its values, and nothing is written into its pages."""
+    conv, norm = nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4)
+    model = nn.Sequential(conv, norm)
+    _randomise_norms(model)
+    model.eval()
+    original = conv.weight.detach().clone()
+    held = conv.weight
+    x = torch.randn(1, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    assert fold_batchnorm(model) == 1
+    assert torch.equal(held.detach(), original)
+    assert model[0].weight is not held and not torch.allclose(model[0].weight, original)
+    with torch.no_grad():
+        assert torch.allclose(model(x), expected, rtol=1e-4, atol=1e-5)
