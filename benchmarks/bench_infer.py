@@ -129,6 +129,24 @@ def peak_conv_gflops(device: str, repeats: int = 5) -> float:
     return best
 
 
+def load_seconds(run: Path, repeats: int = 3) -> tuple[float, float]:
+    """Median seconds of ``load_model(run, fold_norms=False)`` (build + weights) and of folding its
+    BatchNorms (``fold_batchnorm``), after one warm-up (page cache)."""
+    from nodulekit.inference.fold_bn import fold_batchnorm
+    from nodulekit.inference.predict import load_model
+
+    load_model(run)
+    loads, folds = [], []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        model = load_model(run, fold_norms=False)
+        loaded = time.perf_counter()
+        fold_batchnorm(model.module)
+        loads.append(loaded - start)
+        folds.append(time.perf_counter() - loaded)
+    return statistics.median(loads), statistics.median(folds)
+
+
 def emulate_trained_masks() -> None:
     """Masks as a trained model would give them (CT > -300 HU), after running the model in full."""
     import nodulekit.inference.predict as engine
@@ -184,7 +202,9 @@ def main() -> None:
     for model in args.models.split(","):
         run = random_run(args.workdir, model)
         gflop = model_gflop_per_patch(run)
-        print(f"{model}: {gflop:.1f} GFLOP per patch")
+        load_s, fold_s = load_seconds(run)
+        print(f"{model}: {gflop:.1f} GFLOP per patch; load_model {load_s + fold_s:.2f} s "
+              f"(build + weights {load_s:.2f} s, BatchNorm fold {fold_s:.2f} s)")
         for ref in refs:
             spec = NoduleSpec.parse(nodules=ref.series.xml_files[0])
             out = args.workdir / "out" / model
